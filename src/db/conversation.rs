@@ -1,0 +1,271 @@
+//! Create, update and get conversations.
+//!
+//! An update reads the row under a write lock (`FOR UPDATE` on PostgreSQL,
+//! `BEGIN IMMEDIATE` on SQLite), lets the domain rules compute the result,
+//! and writes back only the columns whose values changed: a subset of the
+//! masked fields and the columns the rules derive from them. Two updates of
+//! different fields therefore never overwrite each other.
+
+use sea_orm::{
+    ActiveValue::{NotSet, Set, Unchanged},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    QuerySelect,
+};
+use uuid::Uuid;
+
+use super::entity::conversation::{ActiveModel, Column, Entity, Model};
+use super::{begin_write, directory, error::is_unique_violation};
+use crate::domain::{
+    AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
+    Priority, Status,
+    rules::{self, CreateReferences},
+    time,
+};
+use crate::error::Error;
+
+/// Returns a conversation of the workspace; any other id, including one of
+/// another workspace, is `ConversationNotFound`.
+pub async fn get(db: &DatabaseConnection, workspace_id: Uuid, id: Uuid) -> Result<Conversation, Error> {
+    let row = find_scoped(workspace_id, id).one(db).await?;
+    to_domain(row.ok_or(Error::ConversationNotFound)?)
+}
+
+fn find_scoped(workspace_id: Uuid, id: Uuid) -> sea_orm::Select<Entity> {
+    Entity::find_by_id(id).filter(Column::WorkspaceId.eq(workspace_id))
+}
+
+/// Creates a conversation, or, for a retried `request_id`, returns the one
+/// the first attempt created (AIP-155).
+pub async fn create(
+    db: &DatabaseConnection,
+    workspace_id: Uuid,
+    new: NewConversation,
+    request_id: Option<Uuid>,
+) -> Result<Conversation, Error> {
+    let fingerprint = new.fingerprint();
+    let txn = begin_write(db).await?;
+    if let Some(request_id) = request_id
+        && let Some(existing) = find_by_request_id(&txn, workspace_id, request_id).await?
+    {
+        return replay(existing, &fingerprint);
+    }
+
+    let references = CreateReferences {
+        customer_in_workspace: directory::customer_in_workspace(&txn, workspace_id, new.customer_id)
+            .await?,
+        origin_agent: match new.origin_agent_id {
+            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
+            None => None,
+        },
+        assignee: match new.fields.assignee_id {
+            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
+            None => None,
+        },
+    };
+    let conversation =
+        rules::plan_create(&new, Uuid::now_v7(), workspace_id, references, time::now())?;
+    let mut row = to_model(&conversation).into_active_model();
+    row.request_id = Set(request_id);
+    row.request_fingerprint = Set(request_id.map(|_| fingerprint.clone()));
+
+    match Entity::insert(row).exec_with_returning(&txn).await {
+        Ok(row) => {
+            txn.commit().await?;
+            to_domain(row)
+        }
+        // Another replica committed the same request_id between our lookup
+        // and our insert: answer as a retry would be answered.
+        Err(err) if request_id.is_some() && is_unique_violation(&err) => {
+            drop(txn);
+            let request_id = request_id.expect("checked by the guard");
+            let existing = find_by_request_id(db, workspace_id, request_id)
+                .await?
+                .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
+            replay(existing, &fingerprint)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn find_by_request_id(
+    conn: &impl ConnectionTrait,
+    workspace_id: Uuid,
+    request_id: Uuid,
+) -> Result<Option<Model>, Error> {
+    Ok(Entity::find()
+        .filter(Column::WorkspaceId.eq(workspace_id))
+        .filter(Column::RequestId.eq(request_id))
+        .one(conn)
+        .await?)
+}
+
+fn replay(existing: Model, fingerprint: &str) -> Result<Conversation, Error> {
+    if existing.request_fingerprint.as_deref() == Some(fingerprint) {
+        to_domain(existing)
+    } else {
+        Err(Error::RequestIdReused)
+    }
+}
+
+/// Applies `patch` to a conversation of the workspace. A non-empty
+/// `expected_etag` that differs from the stored one aborts without writing.
+pub async fn update(
+    db: &DatabaseConnection,
+    workspace_id: Uuid,
+    id: Uuid,
+    patch: &ConversationPatch,
+    expected_etag: Option<&str>,
+) -> Result<Conversation, Error> {
+    let txn = begin_write(db).await?;
+    let row = find_scoped(workspace_id, id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or(Error::ConversationNotFound)?;
+    let current = to_domain(row)?;
+    if expected_etag.is_some_and(|etag| etag != current.etag()) {
+        return Err(Error::EtagMismatch);
+    }
+    let assignee = match patch.assignee_to_check(&current) {
+        Some(assignee_id) => Some(directory::entry(&txn, workspace_id, assignee_id).await?),
+        None => None,
+    };
+    let now = time::now();
+    let mut next = patch.apply(&current, assignee, now)?;
+    if next == current {
+        // Nothing changes: updated_at and the etag stay as they were.
+        return Ok(current);
+    }
+    next.version = current.version + 1;
+    next.updated_at = now;
+
+    let changes = changed_columns(&to_model(&current), to_model(&next));
+    let row = Entity::update(changes)
+        .validate()?
+        .filter(Column::WorkspaceId.eq(workspace_id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    to_domain(row)
+}
+
+/// An active model that sets exactly the columns whose values differ.
+/// Destructured in full, so a new column does not compile until it is
+/// decided here.
+fn changed_columns(old: &Model, new: Model) -> ActiveModel {
+    fn changed<T: PartialEq + Into<sea_orm::Value>>(old: &T, new: T) -> sea_orm::ActiveValue<T> {
+        if *old == new { NotSet } else { Set(new) }
+    }
+    let Model {
+        id,
+        workspace_id: _,
+        channel: _,
+        customer_id: _,
+        origin_agent_id: _,
+        request_id: _,
+        request_fingerprint: _,
+        created_at: _,
+        subject,
+        status,
+        priority,
+        assignee_id,
+        assignee_type,
+        hold_until,
+        tags,
+        attributes,
+        is_spam,
+        spam_score,
+        first_response_at,
+        last_message_at,
+        closed_at,
+        updated_at,
+        version,
+    } = new;
+    ActiveModel {
+        id: Unchanged(id),
+        subject: changed(&old.subject, subject),
+        status: changed(&old.status, status),
+        priority: changed(&old.priority, priority),
+        assignee_id: changed(&old.assignee_id, assignee_id),
+        assignee_type: changed(&old.assignee_type, assignee_type),
+        hold_until: changed(&old.hold_until, hold_until),
+        tags: changed(&old.tags, tags),
+        attributes: changed(&old.attributes, attributes),
+        is_spam: changed(&old.is_spam, is_spam),
+        spam_score: changed(&old.spam_score, spam_score),
+        first_response_at: changed(&old.first_response_at, first_response_at),
+        last_message_at: changed(&old.last_message_at, last_message_at),
+        closed_at: changed(&old.closed_at, closed_at),
+        updated_at: Set(updated_at),
+        version: Set(version),
+        ..Default::default()
+    }
+}
+
+fn to_model(c: &Conversation) -> Model {
+    let f = &c.fields;
+    Model {
+        id: c.id,
+        workspace_id: c.workspace_id,
+        channel: c.channel.as_str().to_owned(),
+        customer_id: c.customer_id,
+        subject: f.subject.clone(),
+        status: f.status.as_str().to_owned(),
+        priority: f.priority.as_str().to_owned(),
+        assignee_id: f.assignee_id,
+        assignee_type: f.assignee_type.map(|t| t.as_str().to_owned()),
+        origin_agent_id: c.origin_agent_id,
+        hold_until: f.hold_until,
+        tags: serde_json::json!(f.tags),
+        attributes: serde_json::json!(f.attributes),
+        is_spam: f.is_spam,
+        spam_score: f.spam_score,
+        first_response_at: f.first_response_at,
+        last_message_at: f.last_message_at,
+        closed_at: c.closed_at,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        version: c.version,
+        request_id: None,
+        request_fingerprint: None,
+    }
+}
+
+fn to_domain(row: Model) -> Result<Conversation, Error> {
+    fn word<T>(parsed: Option<T>, column: &str, value: &str) -> Result<T, Error> {
+        parsed.ok_or_else(|| Error::Internal(format!("unknown {column} `{value}` in storage")))
+    }
+    fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value, column: &str) -> Result<T, Error> {
+        serde_json::from_value(value)
+            .map_err(|e| Error::Internal(format!("malformed {column} in storage: {e}")))
+    }
+    let assignee_type = match row.assignee_type.as_deref() {
+        Some(t) => Some(word(AssigneeType::parse(t), "assignee_type", t)?),
+        None => None,
+    };
+    Ok(Conversation {
+        id: row.id,
+        workspace_id: row.workspace_id,
+        channel: word(Channel::parse(&row.channel), "channel", &row.channel)?,
+        customer_id: row.customer_id,
+        origin_agent_id: row.origin_agent_id,
+        fields: ConversationFields {
+            subject: row.subject,
+            status: word(Status::parse(&row.status), "status", &row.status)?,
+            priority: word(Priority::parse(&row.priority), "priority", &row.priority)?,
+            assignee_id: row.assignee_id,
+            assignee_type,
+            hold_until: row.hold_until,
+            tags: json(row.tags, "tags")?,
+            attributes: json(row.attributes, "attributes")?,
+            is_spam: row.is_spam,
+            spam_score: row.spam_score,
+            first_response_at: row.first_response_at,
+            last_message_at: row.last_message_at,
+        },
+        closed_at: row.closed_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        version: row.version,
+    })
+}

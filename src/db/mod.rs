@@ -1,0 +1,77 @@
+//! Storage: SeaORM entities, migrations and the queries the service runs.
+//! Every query that reads or writes tenant data is scoped by workspace.
+
+pub mod conversation;
+pub mod directory;
+pub mod entity;
+pub mod error;
+pub mod migration;
+pub mod token;
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+use sea_orm_migration::MigratorTrait;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection before the call fails
+    /// with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+/// Opens a pool. A `sqlite:` URL gets WAL (readers never block the writer), a
+/// busy timeout (a second writer waits instead of failing), foreign keys,
+/// and a pool larger than SeaORM's SQLite default of one connection.
+pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .connect_timeout(settings.acquire_timeout)
+        .acquire_timeout(settings.acquire_timeout)
+        // sqlx logs every statement at INFO by default.
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+        });
+    Database::connect(options).await
+}
+
+/// Applies pending migrations. On PostgreSQL an advisory lock makes replicas
+/// that start together take turns.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(727274)").await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await
+    } else {
+        migration::Migrator::up(db, None).await
+    }
+}
+
+/// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`,
+/// which takes the write lock up front (waiting out the busy timeout) instead
+/// of failing with "database is locked" when a read later turns into a write.
+/// On PostgreSQL it is a plain transaction; row locks come from
+/// `SELECT ... FOR UPDATE`.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}

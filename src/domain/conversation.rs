@@ -1,0 +1,133 @@
+//! The conversation resource as the rules see it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::fields::ConversationFields;
+
+/// The medium a customer wrote through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Channel {
+    Email,
+    Chat,
+}
+
+/// Where a conversation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Status {
+    #[default]
+    Open,
+    OnHold,
+    Closed,
+}
+
+/// How urgent a conversation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Urgent,
+}
+
+/// What an assignee id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AssigneeType {
+    User,
+    Agent,
+}
+
+/// The two kinds of automated agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AgentKind {
+    Chat,
+    Email,
+}
+
+/// What an id names in the caller's workspace: the facts the assignment rules
+/// need, looked up by the storage layer and handed to the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryEntry {
+    User,
+    Agent { kind: AgentKind, active: bool },
+    /// Nothing of the caller's workspace has this id (it may exist in another
+    /// workspace; the rules cannot tell, and must not).
+    Missing,
+}
+
+/// A stored conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub channel: Channel,
+    pub customer_id: Uuid,
+    pub origin_agent_id: Option<Uuid>,
+    pub fields: ConversationFields,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped on every change; the etag is derived from it.
+    pub version: i64,
+}
+
+impl Conversation {
+    /// The opaque etag of this version. It carries random bits of the id
+    /// too, so an etag copied from another conversation does not match.
+    pub fn etag(&self) -> String {
+        format!("{}-{}", self.version, &self.id.simple().to_string()[24..])
+    }
+}
+
+/// A validated create request, before the directory rules run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewConversation {
+    pub channel: Channel,
+    pub customer_id: Uuid,
+    pub origin_agent_id: Option<Uuid>,
+    pub fields: ConversationFields,
+}
+
+impl NewConversation {
+    /// A digest of every writable field after normalisation: a retry with the
+    /// same `request_id` must carry the same digest (AIP-155).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // serde_json writes struct fields in declaration order and BTreeMaps in
+        // key order, so equal requests give equal bytes.
+        let canonical = serde_json::to_vec(self).expect("a NewConversation always serialises");
+        let digest = Sha256::digest(&canonical);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Each enum is stored as a short lowercase word; one table per enum keeps
+/// the word and the variant side by side.
+macro_rules! stored_as_words {
+    ($($ty:ident { $($variant:ident => $word:literal),+ $(,)? })+) => {$(
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $word),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($word => Some($ty::$variant),)+ _ => None }
+            }
+        }
+    )+};
+}
+
+stored_as_words! {
+    Channel { Email => "email", Chat => "chat" }
+    Status { Open => "open", OnHold => "on_hold", Closed => "closed" }
+    Priority { Low => "low", Normal => "normal", High => "high", Urgent => "urgent" }
+    AssigneeType { User => "user", Agent => "agent" }
+    AgentKind { Chat => "chat", Email => "email" }
+}
+
+/// Attributes are kept sorted by key.
+pub type Attributes = BTreeMap<String, String>;

@@ -1,0 +1,153 @@
+//! The one error type of the service and its one mapping to `tonic::Status`.
+//!
+//! Callers branch on `ErrorInfo.reason`, so reasons are stable. Internal and
+//! database errors are logged here with their context and reach the caller
+//! only as a plain message: no SQL, no paths, no driver text.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{Violations, auth::Ability};
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "conversation-service";
+
+/// Why a call was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization: Bearer` metadata.
+    Missing,
+    /// Not the shape or checksum of a token this service issues.
+    Malformed,
+    /// Well-formed, but unknown or revoked (the two are not told apart).
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0:?}")]
+    InvalidArgument(Violations),
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("etag does not match the stored conversation")]
+    EtagMismatch,
+    #[error("request_id was used with a different conversation")]
+    RequestIdReused,
+    #[error("unauthenticated: {0:?}")]
+    Unauthenticated(AuthFailure),
+    #[error("token lacks the {0} ability")]
+    AbilityMissing(Ability),
+    /// The database did not answer; the text is for the log only.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected database answer; the text is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Violations> for Error {
+    fn from(violations: Violations) -> Self {
+        Error::InvalidArgument(violations)
+    }
+}
+
+impl Error {
+    /// The stable `ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::ConversationNotFound => "CONVERSATION_NOT_FOUND",
+            Error::EtagMismatch => "ETAG_MISMATCH",
+            Error::RequestIdReused => "REQUEST_ID_REUSED",
+            Error::Unauthenticated(AuthFailure::Missing) => "TOKEN_MISSING",
+            Error::Unauthenticated(AuthFailure::Malformed) => "TOKEN_MALFORMED",
+            Error::Unauthenticated(AuthFailure::Invalid) => "TOKEN_INVALID",
+            Error::AbilityMissing(_) => "ABILITY_MISSING",
+            Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let reason = error.reason();
+        let mut metadata = HashMap::new();
+        let (code, message) = match &error {
+            Error::InvalidArgument(violations) => (
+                Code::InvalidArgument,
+                format!(
+                    "the request has {} invalid field(s); see the BadRequest details",
+                    violations.as_slice().len()
+                ),
+            ),
+            Error::ConversationNotFound => (Code::NotFound, "conversation not found".to_owned()),
+            Error::EtagMismatch => (
+                Code::Aborted,
+                "the conversation changed since this etag was read; read it again and retry".to_owned(),
+            ),
+            Error::RequestIdReused => (
+                Code::AlreadyExists,
+                "request_id was already used to create a different conversation".to_owned(),
+            ),
+            Error::Unauthenticated(failure) => (
+                Code::Unauthenticated,
+                match failure {
+                    AuthFailure::Missing => "missing `authorization: Bearer <token>` metadata",
+                    AuthFailure::Malformed => "the bearer token is malformed",
+                    AuthFailure::Invalid => "the bearer token is unknown or revoked",
+                }
+                .to_owned(),
+            ),
+            Error::AbilityMissing(ability) => {
+                metadata.insert("ability".to_owned(), ability.as_str().to_owned());
+                (Code::PermissionDenied, format!("the token lacks the {ability} ability"))
+            }
+            Error::Unavailable(context) => {
+                tracing::warn!(error = %context, "database unavailable");
+                (Code::Unavailable, "the database is unavailable; retry with backoff".to_owned())
+            }
+            Error::Internal(context) => {
+                tracing::error!(error = %context, "internal error");
+                (Code::Internal, "internal error".to_owned())
+            }
+        };
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        if let Error::InvalidArgument(violations) = &error {
+            for violation in violations.as_slice() {
+                details.add_bad_request_violation(&violation.field, &violation.description);
+            }
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_their_context() {
+        let status = Status::from(Error::Internal("SELECT secret FROM /var/lib/x".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("SELECT"));
+        assert_eq!(status.get_error_details().error_info().unwrap().reason, "INTERNAL");
+    }
+
+    #[test]
+    fn every_violation_is_listed() {
+        let mut violations = Violations::new();
+        violations.add("conversation.subject", "too long");
+        violations.add("request_id", "not a UUID");
+        let status = Status::from(Error::from(violations));
+        let details = status.get_error_details();
+        let bad_request = details.bad_request().unwrap();
+        assert_eq!(bad_request.field_violations.len(), 2);
+        assert_eq!(bad_request.field_violations[1].field, "request_id");
+        let info = details.error_info().unwrap();
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_ARGUMENT", ERROR_DOMAIN));
+    }
+}

@@ -1,0 +1,146 @@
+//! Bearer-token authentication.
+//!
+//! tonic interceptors are synchronous, so the interceptor does no I/O: it
+//! checks the token's shape and checksum, hashes it, and looks the hash up in
+//! an in-memory table that a background task reloads from the database. A
+//! token issued or revoked while the server runs takes effect at the next
+//! reload. While the database is down the last table stays in force.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::sync::watch;
+use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
+
+use crate::db;
+use crate::domain::auth::{Ability, Principal, is_well_formed, token_hash};
+use crate::error::{AuthFailure, Error};
+
+/// Verified tokens, keyed by hash.
+#[derive(Clone, Default)]
+pub struct TokenTable {
+    principals: Arc<ArcSwap<HashMap<String, Principal>>>,
+}
+
+impl TokenTable {
+    /// Loads the table once; the server refuses to start without it.
+    pub async fn load(db: &DatabaseConnection) -> Result<Self, DbErr> {
+        let table = TokenTable::default();
+        table.reload(db).await?;
+        Ok(table)
+    }
+
+    async fn reload(&self, db: &DatabaseConnection) -> Result<(), DbErr> {
+        let principals = db::token::active_principals(db).await?;
+        self.principals.store(Arc::new(principals));
+        Ok(())
+    }
+
+    /// Reloads every `interval` until `stop` turns true.
+    pub async fn refresh(self, db: DatabaseConnection, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            if let Err(err) = self.reload(&db).await {
+                tracing::warn!(error = %err, "token reload failed; keeping the tokens already verified");
+            }
+        }
+    }
+
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AuthFailure> {
+        let token = bearer_token(metadata).ok_or(AuthFailure::Missing)?;
+        if !is_well_formed(token) {
+            return Err(AuthFailure::Malformed);
+        }
+        self.principals
+            .load()
+            .get(&token_hash(token))
+            .copied()
+            .ok_or(AuthFailure::Invalid)
+    }
+}
+
+fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The interceptor in front of ConversationService. It stores the caller's
+/// [`Principal`] in the request extensions for the handlers.
+#[derive(Clone)]
+pub struct Authenticator {
+    tokens: TokenTable,
+}
+
+impl Authenticator {
+    pub fn new(tokens: TokenTable) -> Self {
+        Self { tokens }
+    }
+}
+
+impl Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match self.tokens.authenticate(request.metadata()) {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                Ok(request)
+            }
+            Err(failure) => {
+                // The reason only; never the token.
+                tracing::info!(reason = ?failure, "unauthenticated call");
+                Err(Error::Unauthenticated(failure).into())
+            }
+        }
+    }
+}
+
+/// The caller, if its token has `ability`. Get and List need read, Create and
+/// Update need write; neither implies the other.
+pub fn authorize<T>(request: &Request<T>, ability: Ability) -> Result<Principal, Error> {
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .copied()
+        .ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
+    if principal.abilities.allows(ability) {
+        Ok(principal)
+    } else {
+        Err(Error::AbilityMissing(ability))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        map.insert("authorization", MetadataValue::try_from(value).unwrap());
+        map
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(&metadata("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&metadata("bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&metadata("Basic abc")), None);
+        assert_eq!(bearer_token(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn malformed_tokens_fail_before_any_lookup() {
+        let table = TokenTable::default();
+        assert_eq!(table.authenticate(&MetadataMap::new()), Err(AuthFailure::Missing));
+        assert_eq!(table.authenticate(&metadata("Bearer nope")), Err(AuthFailure::Malformed));
+        let token = crate::domain::auth::TokenSecret::generate();
+        let header = format!("Bearer {}", token.expose());
+        assert_eq!(table.authenticate(&metadata(&header)), Err(AuthFailure::Invalid));
+    }
+}

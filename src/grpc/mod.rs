@@ -1,0 +1,8 @@
+//! Transport: the gRPC handlers, proto <-> domain conversion, the auth
+//! interceptor, and server assembly.
+
+pub mod auth;
+pub mod convert;
+pub mod health;
+pub mod server;
+pub mod service;

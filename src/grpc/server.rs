@@ -1,0 +1,138 @@
+//! Server assembly: health, reflection, the authenticated
+//! ConversationService, per-call tracing spans, and a graceful shutdown that
+//! is bounded by a grace period.
+
+use std::{future::Future, time::Duration};
+
+use sea_orm::DatabaseConnection;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{codegen::http, transport::Server};
+use tonic_health::ServingStatus;
+use uuid::Uuid;
+
+use super::{
+    auth::{Authenticator, TokenTable},
+    health,
+    service::ConversationApi,
+};
+use crate::proto::{FILE_DESCRIPTOR_SET, v1::conversation_service_server::ConversationServiceServer};
+
+/// How the server behaves over time.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// After shutdown begins, how long calls in flight may take before the
+    /// remaining connections are closed.
+    pub shutdown_grace: Duration,
+    /// How often verified tokens are reloaded from the database.
+    pub token_refresh_interval: Duration,
+    /// How often the database is pinged for health.
+    pub health_check_interval: Duration,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(10),
+            token_refresh_interval: Duration::from_secs(1),
+            health_check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains for at most
+/// the grace period.
+pub async fn serve(
+    db: DatabaseConnection,
+    settings: ServeSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tokens = TokenTable::load(&db).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let refresher = tokio::spawn(tokens.clone().refresh(
+        db.clone(),
+        settings.token_refresh_interval,
+        stop_rx.clone(),
+    ));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::report(&reporter, ServingStatus::Serving).await;
+    let watcher = tokio::spawn(health::watch_database(
+        db.clone(),
+        reporter.clone(),
+        settings.health_check_interval,
+        stop_rx,
+    ));
+
+    // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check`
+    // works with no proto files at hand.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Only ConversationService is behind the interceptor: health and
+    // reflection stay open.
+    let conversations = ConversationServiceServer::with_interceptor(
+        ConversationApi::new(db),
+        Authenticator::new(tokens),
+    );
+
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown started; health NOT_SERVING");
+            let _ = stop_tx.send(true);
+            health::report(&reporter, ServingStatus::NotServing).await;
+            let _ = began_tx.send(());
+        }
+    };
+    let local_addr = listener.local_addr()?;
+    let server = Server::builder()
+        .trace_fn(call_span)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(conversations)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tracing::info!(%local_addr, "serving");
+
+    // tonic's graceful shutdown waits for every open stream, and a health
+    // Watch never ends by itself: bound the wait.
+    let grace = settings.shutdown_grace;
+    let grace_over = async move {
+        if began_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(anyhow::Error::from),
+        () = grace_over => {
+            tracing::warn!(?grace, "grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
+    refresher.abort();
+    watcher.abort();
+    tracing::info!("stopped");
+    result
+}
+
+/// One span per call, carrying the method and a request id: the caller's
+/// `x-request-id` when it sent a sane one, a fresh UUID otherwise.
+fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    tracing::info_span!("rpc", method = %request.uri().path(), %request_id)
+}

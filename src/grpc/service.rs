@@ -1,0 +1,72 @@
+//! The ConversationService handlers: authorize, convert, call storage,
+//! convert back. Errors travel as `crate::error::Error` and become a Status
+//! in one place.
+
+use sea_orm::DatabaseConnection;
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use super::convert::{self, UpdateCommand};
+use crate::db;
+use crate::domain::auth::Ability;
+use crate::proto::v1::{
+    self as pb, conversation_service_server::ConversationService,
+};
+
+pub struct ConversationApi {
+    db: DatabaseConnection,
+}
+
+impl ConversationApi {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[tonic::async_trait]
+impl ConversationService for ConversationApi {
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        let principal = authorize(&request, Ability::Write)?;
+        let (new, request_id) = convert::create_request(request.into_inner())?;
+        let conversation =
+            db::conversation::create(&self.db, principal.workspace_id, new, request_id).await?;
+        tracing::info!(conversation_id = %conversation.id, "conversation created");
+        Ok(Response::new(pb::CreateConversationResponse {
+            conversation: Some(convert::conversation_to_proto(&conversation)),
+        }))
+    }
+
+    async fn update_conversation(
+        &self,
+        request: Request<pb::UpdateConversationRequest>,
+    ) -> Result<Response<pb::UpdateConversationResponse>, Status> {
+        let principal = authorize(&request, Ability::Write)?;
+        let UpdateCommand { id, expected_etag, patch } = convert::update_request(request.into_inner())?;
+        let conversation = db::conversation::update(
+            &self.db,
+            principal.workspace_id,
+            id,
+            &patch,
+            expected_etag.as_deref(),
+        )
+        .await?;
+        Ok(Response::new(pb::UpdateConversationResponse {
+            conversation: Some(convert::conversation_to_proto(&conversation)),
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let principal = authorize(&request, Ability::Read)?;
+        let id = convert::conversation_id(&request.get_ref().id, "id")?;
+        let conversation = db::conversation::get(&self.db, principal.workspace_id, id).await?;
+        Ok(Response::new(pb::GetConversationResponse {
+            conversation: Some(convert::conversation_to_proto(&conversation)),
+        }))
+    }
+}
