@@ -1,0 +1,10 @@
+//! One test binary: every test starts a real server on an ephemeral port and
+//! calls it through the generated tonic client.
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod create;
+mod serving;
+mod update;
