@@ -12,7 +12,11 @@ use crate::domain::auth::Abilities;
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://conversation-service.db";
 
 #[derive(Debug, Parser)]
-#[command(name = "conversation-service", version, about = "gRPC service that owns helpdesk conversations")]
+#[command(
+    name = "conversation-service",
+    version,
+    about = "gRPC service that owns helpdesk conversations"
+)]
 pub struct Config {
     /// Database URL: `sqlite://PATH` (embedded, created if missing) or
     /// `postgres://USER:PASSWORD@HOST:PORT/DB`.
@@ -20,7 +24,12 @@ pub struct Config {
     pub database_url: String,
 
     /// Most connections in the database pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub database_max_connections: u32,
 
     /// How long to wait for a database connection before a call fails with
@@ -29,7 +38,12 @@ pub struct Config {
     pub database_timeout: Duration,
 
     /// Log filter, in tracing's EnvFilter syntax. Logs go to stderr.
-    #[arg(long, env = "LOG_FILTER", default_value = "info,sqlx=warn,sea_orm_migration=warn", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FILTER",
+        default_value = "info,sqlx=warn,sea_orm_migration=warn",
+        global = true
+    )]
     pub log_filter: String,
 
     #[command(subcommand)]
@@ -171,7 +185,11 @@ pub enum TokenCommand {
     },
     /// Revoke a token by its secret or its id. Prints nothing.
     Revoke {
-        #[arg(long, required_unless_present = "token_id", conflicts_with = "token_id")]
+        #[arg(
+            long,
+            required_unless_present = "token_id",
+            conflicts_with = "token_id"
+        )]
         token: Option<String>,
         #[arg(long)]
         token_id: Option<Uuid>,

@@ -86,7 +86,8 @@ impl From<Error> for Status {
             Error::ConversationNotFound => (Code::NotFound, "conversation not found".to_owned()),
             Error::EtagMismatch => (
                 Code::Aborted,
-                "the conversation changed since this etag was read; read it again and retry".to_owned(),
+                "the conversation changed since this etag was read; read it again and retry"
+                    .to_owned(),
             ),
             Error::RequestIdReused => (
                 Code::AlreadyExists,
@@ -103,11 +104,17 @@ impl From<Error> for Status {
             ),
             Error::AbilityMissing(ability) => {
                 metadata.insert("ability".to_owned(), ability.as_str().to_owned());
-                (Code::PermissionDenied, format!("the token lacks the {ability} ability"))
+                (
+                    Code::PermissionDenied,
+                    format!("the token lacks the {ability} ability"),
+                )
             }
             Error::Unavailable(context) => {
                 tracing::warn!(error = %context, "database unavailable");
-                (Code::Unavailable, "the database is unavailable; retry with backoff".to_owned())
+                (
+                    Code::Unavailable,
+                    "the database is unavailable; retry with backoff".to_owned(),
+                )
             }
             Error::Internal(context) => {
                 tracing::error!(error = %context, "internal error");
@@ -134,7 +141,10 @@ mod tests {
         let status = Status::from(Error::Internal("SELECT secret FROM /var/lib/x".into()));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("SELECT"));
-        assert_eq!(status.get_error_details().error_info().unwrap().reason, "INTERNAL");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "INTERNAL"
+        );
     }
 
     #[test]
@@ -148,6 +158,9 @@ mod tests {
         assert_eq!(bad_request.field_violations.len(), 2);
         assert_eq!(bad_request.field_violations[1].field, "request_id");
         let info = details.error_info().unwrap();
-        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_ARGUMENT", ERROR_DOMAIN));
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_ARGUMENT", ERROR_DOMAIN)
+        );
     }
 }

@@ -20,7 +20,8 @@ pub mod proto {
     }
 
     /// The encoded descriptor set that the reflection service serves.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("helpdesk_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("helpdesk_descriptor");
 }
 
 pub use grpc::server::{ServeSettings, serve};

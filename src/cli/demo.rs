@@ -6,7 +6,10 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::db::{self, directory};
-use crate::domain::{AgentKind, auth::{Abilities, TokenSecret}};
+use crate::domain::{
+    AgentKind,
+    auth::{Abilities, TokenSecret},
+};
 
 const DEMO_WORKSPACE: &str = "Demo workspace";
 const DEMO_CUSTOMER_EMAIL: &str = "customer@demo.example";
@@ -31,16 +34,36 @@ pub async fn seed(db: &DatabaseConnection) -> anyhow::Result<Demo> {
         None => {
             let workspace = directory::create_workspace(db, DEMO_WORKSPACE).await?;
             directory::create_user(db, workspace, "agent@demo.example", Some("Demo Agent")).await?;
-            directory::create_agent(db, workspace, AgentKind::Chat, true, Some("Demo chat bot")).await?;
-            directory::create_agent(db, workspace, AgentKind::Email, true, Some("Demo email bot")).await?;
-            let customer =
-                directory::create_customer(db, workspace, DEMO_CUSTOMER_EMAIL, Some("Demo Customer")).await?;
+            directory::create_agent(db, workspace, AgentKind::Chat, true, Some("Demo chat bot"))
+                .await?;
+            directory::create_agent(
+                db,
+                workspace,
+                AgentKind::Email,
+                true,
+                Some("Demo email bot"),
+            )
+            .await?;
+            let customer = directory::create_customer(
+                db,
+                workspace,
+                DEMO_CUSTOMER_EMAIL,
+                Some("Demo Customer"),
+            )
+            .await?;
             (workspace, customer)
         }
     };
-    let abilities = Abilities { read: true, write: true };
+    let abilities = Abilities {
+        read: true,
+        write: true,
+    };
     let (_, token) = db::token::issue(db, workspace, abilities, Some("demo")).await?;
-    Ok(Demo { workspace, customer, token })
+    Ok(Demo {
+        workspace,
+        customer,
+        token,
+    })
 }
 
 impl Demo {

@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::config::{
-    AgentCommand, AgentKindArg, Command, Config, CustomerCommand, ServeArgs, TokenCommand, UserCommand,
-    WorkspaceCommand,
+    AgentCommand, AgentKindArg, Command, Config, CustomerCommand, ServeArgs, TokenCommand,
+    UserCommand, WorkspaceCommand,
 };
 use crate::db::{self, directory, error::is_unique_violation, token::TokenRef};
 use crate::domain::AgentKind;
@@ -29,19 +29,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let name = required_text("--name", &name)?;
             print_id(directory::create_workspace(&db, name).await?)
         }
-        Command::User(UserCommand::Create { workspace, email, name }) => {
+        Command::User(UserCommand::Create {
+            workspace,
+            email,
+            name,
+        }) => {
             ensure_workspace(&db, workspace).await?;
             let email = checked_email(&email)?;
             let created = directory::create_user(&db, workspace, email, name.as_deref()).await;
-            print_id(unique(created, || format!("a user with email {email} already exists in this workspace"))?)
+            print_id(unique(created, || {
+                format!("a user with email {email} already exists in this workspace")
+            })?)
         }
-        Command::Customer(CustomerCommand::Create { workspace, email, name }) => {
+        Command::Customer(CustomerCommand::Create {
+            workspace,
+            email,
+            name,
+        }) => {
             ensure_workspace(&db, workspace).await?;
             let email = checked_email(&email)?;
             let created = directory::create_customer(&db, workspace, email, name.as_deref()).await;
-            print_id(unique(created, || format!("a customer with email {email} already exists in this workspace"))?)
+            print_id(unique(created, || {
+                format!("a customer with email {email} already exists in this workspace")
+            })?)
         }
-        Command::Agent(AgentCommand::Create { workspace, kind, active, name }) => {
+        Command::Agent(AgentCommand::Create {
+            workspace,
+            kind,
+            active,
+            name,
+        }) => {
             ensure_workspace(&db, workspace).await?;
             let kind = match kind {
                 AgentKindArg::Chat => AgentKind::Chat,
@@ -49,7 +66,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             print_id(directory::create_agent(&db, workspace, kind, active, name.as_deref()).await?)
         }
-        Command::Token(TokenCommand::Issue { workspace, abilities, name }) => {
+        Command::Token(TokenCommand::Issue {
+            workspace,
+            abilities,
+            name,
+        }) => {
             ensure_workspace(&db, workspace).await?;
             let (_, secret) = db::token::issue(&db, workspace, abilities, name.as_deref()).await?;
             println!("{}", secret.expose());
@@ -64,7 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     token.name.as_deref().unwrap_or("-"),
                     token.abilities,
                     token.created_at.to_rfc3339(),
-                    token.revoked_at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+                    token
+                        .revoked_at
+                        .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
                 );
             }
             Ok(())
@@ -88,7 +111,9 @@ async fn run_server(db: DatabaseConnection, args: ServeArgs) -> anyhow::Result<(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     if args.demo {
-        let demo = demo::seed(&db).await.context("cannot seed the demo workspace")?;
+        let demo = demo::seed(&db)
+            .await
+            .context("cannot seed the demo workspace")?;
         print!("{}", demo.banner(listener.local_addr()?));
     }
     let settings = ServeSettings {

@@ -25,7 +25,11 @@ use crate::error::Error;
 
 /// Returns a conversation of the workspace; any other id, including one of
 /// another workspace, is `ConversationNotFound`.
-pub async fn get(db: &DatabaseConnection, workspace_id: Uuid, id: Uuid) -> Result<Conversation, Error> {
+pub async fn get(
+    db: &DatabaseConnection,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<Conversation, Error> {
     let row = find_scoped(workspace_id, id).one(db).await?;
     to_domain(row.ok_or(Error::ConversationNotFound)?)
 }
@@ -51,8 +55,12 @@ pub async fn create(
     }
 
     let references = CreateReferences {
-        customer_in_workspace: directory::customer_in_workspace(&txn, workspace_id, new.customer_id)
-            .await?,
+        customer_in_workspace: directory::customer_in_workspace(
+            &txn,
+            workspace_id,
+            new.customer_id,
+        )
+        .await?,
         origin_agent: match new.origin_agent_id {
             Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
             None => None,
@@ -235,7 +243,10 @@ fn to_domain(row: Model) -> Result<Conversation, Error> {
     fn word<T>(parsed: Option<T>, column: &str, value: &str) -> Result<T, Error> {
         parsed.ok_or_else(|| Error::Internal(format!("unknown {column} `{value}` in storage")))
     }
-    fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value, column: &str) -> Result<T, Error> {
+    fn json<T: serde::de::DeserializeOwned>(
+        value: serde_json::Value,
+        column: &str,
+    ) -> Result<T, Error> {
         serde_json::from_value(value)
             .map_err(|e| Error::Internal(format!("malformed {column} in storage: {e}")))
     }

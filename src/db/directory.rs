@@ -12,7 +12,11 @@ use super::entity::{agent, customer, user, workspace};
 use crate::domain::{AgentKind, DirectoryEntry, time};
 
 /// What `id` names in the workspace.
-pub async fn entry(conn: &impl ConnectionTrait, workspace_id: Uuid, id: Uuid) -> Result<DirectoryEntry, DbErr> {
+pub async fn entry(
+    conn: &impl ConnectionTrait,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<DirectoryEntry, DbErr> {
     let is_user = user::Entity::find_by_id(id)
         .filter(user::Column::WorkspaceId.eq(workspace_id))
         .count(conn)
@@ -25,10 +29,12 @@ pub async fn entry(conn: &impl ConnectionTrait, workspace_id: Uuid, id: Uuid) ->
         .filter(agent::Column::WorkspaceId.eq(workspace_id))
         .one(conn)
         .await?;
-    Ok(match agent.and_then(|a| Some((AgentKind::parse(&a.kind)?, a.active))) {
-        Some((kind, active)) => DirectoryEntry::Agent { kind, active },
-        None => DirectoryEntry::Missing,
-    })
+    Ok(
+        match agent.and_then(|a| Some((AgentKind::parse(&a.kind)?, a.active))) {
+            Some((kind, active)) => DirectoryEntry::Agent { kind, active },
+            None => DirectoryEntry::Missing,
+        },
+    )
 }
 
 pub async fn customer_in_workspace(
@@ -47,7 +53,10 @@ pub async fn workspace_exists(db: &DatabaseConnection, id: Uuid) -> Result<bool,
     Ok(workspace::Entity::find_by_id(id).count(db).await? > 0)
 }
 
-pub async fn find_workspace_by_name(db: &DatabaseConnection, name: &str) -> Result<Option<Uuid>, DbErr> {
+pub async fn find_workspace_by_name(
+    db: &DatabaseConnection,
+    name: &str,
+) -> Result<Option<Uuid>, DbErr> {
     Ok(workspace::Entity::find()
         .filter(workspace::Column::Name.eq(name))
         .one(db)
@@ -143,7 +152,6 @@ pub async fn create_agent(
 pub async fn is_empty(db: &DatabaseConnection) -> Result<bool, DbErr> {
     Ok(workspace::Entity::find().count(db).await? == 0)
 }
-
 
 pub async fn find_customer_by_email(
     db: &DatabaseConnection,

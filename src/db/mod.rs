@@ -55,7 +55,8 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     if db.get_database_backend() == DbBackend::Postgres {
         let txn = db.begin().await?;
-        txn.execute_unprepared("SELECT pg_advisory_xact_lock(727274)").await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(727274)")
+            .await?;
         migration::Migrator::up(&txn, None).await?;
         txn.commit().await
     } else {

@@ -37,7 +37,10 @@ pub async fn issue(
     Ok((id, secret))
 }
 
-pub async fn list(db: &DatabaseConnection, workspace_id: Uuid) -> Result<Vec<api_token::Model>, DbErr> {
+pub async fn list(
+    db: &DatabaseConnection,
+    workspace_id: Uuid,
+) -> Result<Vec<api_token::Model>, DbErr> {
     Entity::find()
         .filter(Column::WorkspaceId.eq(workspace_id))
         .order_by_asc(Column::CreatedAt)
@@ -77,8 +80,13 @@ pub async fn revoke(db: &DatabaseConnection, token: TokenRef<'_>) -> Result<bool
 }
 
 /// Every unrevoked token, keyed by its hash.
-pub async fn active_principals(db: &DatabaseConnection) -> Result<HashMap<String, Principal>, DbErr> {
-    let rows = Entity::find().filter(Column::RevokedAt.is_null()).all(db).await?;
+pub async fn active_principals(
+    db: &DatabaseConnection,
+) -> Result<HashMap<String, Principal>, DbErr> {
+    let rows = Entity::find()
+        .filter(Column::RevokedAt.is_null())
+        .all(db)
+        .await?;
     let mut principals = HashMap::with_capacity(rows.len());
     for row in rows {
         // A row with abilities this version does not know grants nothing.
@@ -88,7 +96,11 @@ pub async fn active_principals(db: &DatabaseConnection) -> Result<HashMap<String
         };
         principals.insert(
             row.token_hash,
-            Principal { workspace_id: row.workspace_id, token_id: row.id, abilities },
+            Principal {
+                workspace_id: row.workspace_id,
+                token_id: row.id,
+                abilities,
+            },
         );
     }
     Ok(principals)

@@ -53,7 +53,10 @@ pub enum AgentKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectoryEntry {
     User,
-    Agent { kind: AgentKind, active: bool },
+    Agent {
+        kind: AgentKind,
+        active: bool,
+    },
     /// Nothing of the caller's workspace has this id (it may exist in another
     /// workspace; the rules cannot tell, and must not).
     Missing,

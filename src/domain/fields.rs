@@ -71,7 +71,11 @@ pub fn normalize_tags(raw: &[String]) -> Result<Vec<String>, Vec<String>> {
             tags.len()
         ));
     }
-    if problems.is_empty() { Ok(tags) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(tags)
+    } else {
+        Err(problems)
+    }
 }
 
 pub fn check_attribute_key(key: &str) -> Result<(), String> {
@@ -154,7 +158,10 @@ mod tests {
         assert!(normalize_spam_score(f64::NAN).is_err());
         assert!(normalize_spam_score(f64::INFINITY).is_err());
         assert!(normalize_spam_score(-0.5).is_err());
-        assert_eq!(normalize_spam_score(-0.0).unwrap().to_bits(), 0.0f64.to_bits());
+        assert_eq!(
+            normalize_spam_score(-0.0).unwrap().to_bits(),
+            0.0f64.to_bits()
+        );
         assert_eq!(normalize_spam_score(0.75).unwrap(), 0.75);
     }
 

@@ -103,10 +103,7 @@ impl Mask {
         let has_star = paths.iter().any(|p| p.as_ref() == "*");
         let has_other = paths.iter().any(|p| p.as_ref() != "*");
         if has_star && has_other {
-            violations.add(
-                MASK_FIELD,
-                "path `*` must be the only path in the mask",
-            );
+            violations.add(MASK_FIELD, "path `*` must be the only path in the mask");
         }
         for raw in paths.iter().map(AsRef::as_ref).filter(|p| *p != "*") {
             match parse_path(raw) {
@@ -115,14 +112,21 @@ impl Mask {
                 Err(why) => violations.add(MASK_FIELD, format!("path `{raw}`: {why}")),
             }
         }
-        let mask = if has_star { Mask::All } else { Mask::Paths(accepted) };
+        let mask = if has_star {
+            Mask::All
+        } else {
+            Mask::Paths(accepted)
+        };
         violations.into_result(mask)
     }
 
     /// The paths this mask writes, with `*` expanded.
     pub fn paths(&self) -> Vec<FieldPath> {
         match self {
-            Mask::All => WritableField::ALL.into_iter().map(FieldPath::Field).collect(),
+            Mask::All => WritableField::ALL
+                .into_iter()
+                .map(FieldPath::Field)
+                .collect(),
             Mask::Paths(paths) => paths.clone(),
         }
     }
@@ -130,7 +134,9 @@ impl Mask {
 
 fn parse_path(raw: &str) -> Result<FieldPath, String> {
     let segments = split_segments(raw)?;
-    let (head, rest) = segments.split_first().expect("split_segments never returns none");
+    let (head, rest) = segments
+        .split_first()
+        .expect("split_segments never returns none");
     if OUTPUT_ONLY.contains(&head.as_str()) {
         return Err(format!("`{head}` is output only"));
     }
@@ -145,10 +151,13 @@ fn parse_path(raw: &str) -> Result<FieldPath, String> {
             super::fields::check_attribute_key(key)?;
             Ok(FieldPath::Attribute(key.clone()))
         }
-        (WritableField::Attributes, _) => {
-            Err("an attribute path names exactly one key; quote a key containing `.` in backticks".into())
-        }
-        (field, _) => Err(format!("`{field}` has no sub-paths; only `attributes` does")),
+        (WritableField::Attributes, _) => Err(
+            "an attribute path names exactly one key; quote a key containing `.` in backticks"
+                .into(),
+        ),
+        (field, _) => Err(format!(
+            "`{field}` has no sub-paths; only `attributes` does"
+        )),
     }
 }
 
@@ -180,9 +189,7 @@ fn split_segments(raw: &str) -> Result<Vec<String>, String> {
                     break;
                 }
                 if !(c.is_alphanumeric() || c == '_') {
-                    return Err(format!(
-                        "`{c}` must be inside a backtick-quoted segment"
-                    ));
+                    return Err(format!("`{c}` must be inside a backtick-quoted segment"));
                 }
                 segment.push(c);
                 chars.next();
@@ -244,7 +251,12 @@ mod tests {
     #[test]
     fn attribute_keys_bare_and_quoted() {
         assert_eq!(
-            parse(&["attributes.plan", "attributes.`order id`", "attributes.`a.b`"]).unwrap(),
+            parse(&[
+                "attributes.plan",
+                "attributes.`order id`",
+                "attributes.`a.b`"
+            ])
+            .unwrap(),
             Mask::Paths(vec![attr("plan"), attr("order id"), attr("a.b")])
         );
     }
@@ -274,7 +286,13 @@ mod tests {
 
     #[test]
     fn malformed_quoting_is_refused() {
-        for bad in ["attributes.`open", "attributes.`a`b", "attributes.", ".subject", ""] {
+        for bad in [
+            "attributes.`open",
+            "attributes.`a`b",
+            "attributes.",
+            ".subject",
+            "",
+        ] {
             assert!(parse(&[bad]).is_err(), "{bad:?} should be refused");
         }
     }
@@ -321,8 +339,15 @@ mod tests {
 
     #[test]
     fn output_only_immutable_and_unknown_are_each_named() {
-        let errors =
-            parse(&["etag", "created_at", "channel", "origin_agent_id", "nope", "Subject"]).unwrap_err();
+        let errors = parse(&[
+            "etag",
+            "created_at",
+            "channel",
+            "origin_agent_id",
+            "nope",
+            "Subject",
+        ])
+        .unwrap_err();
         assert_eq!(errors.len(), 6, "{errors:?}");
         assert!(errors[0].contains("`etag`") && errors[0].contains("output only"));
         assert!(errors[2].contains("`channel`") && errors[2].contains("immutable"));

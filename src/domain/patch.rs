@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::conversation::{AssigneeType, Attributes, Channel, Conversation, DirectoryEntry, Priority, Status};
+use super::conversation::{
+    AssigneeType, Attributes, Channel, Conversation, DirectoryEntry, Priority, Status,
+};
 use super::fields::{ConversationFields, check_attribute_count};
 use super::mask::{FieldPath, WritableField};
 use super::rules;
@@ -100,7 +102,9 @@ impl ConversationPatch {
             WritableField::Attributes => self.attributes = Write::Set(f.attributes.clone()),
             WritableField::IsSpam => self.is_spam = Write::Set(f.is_spam),
             WritableField::SpamScore => self.spam_score = Write::Set(f.spam_score),
-            WritableField::FirstResponseAt => self.first_response_at = Write::Set(f.first_response_at),
+            WritableField::FirstResponseAt => {
+                self.first_response_at = Write::Set(f.first_response_at)
+            }
             WritableField::LastMessageAt => self.last_message_at = Write::Set(f.last_message_at),
         }
     }
@@ -177,7 +181,8 @@ impl ConversationPatch {
         is_spam.apply_to(&mut fields.is_spam);
         spam_score.apply_to(&mut fields.spam_score);
         if let Write::Set(Some(at)) = first_response_at {
-            fields.first_response_at = Some(fields.first_response_at.map_or(*at, |old| old.min(*at)));
+            fields.first_response_at =
+                Some(fields.first_response_at.map_or(*at, |old| old.min(*at)));
         }
         if let Write::Set(Some(at)) = last_message_at {
             fields.last_message_at = Some(fields.last_message_at.map_or(*at, |old| old.max(*at)));
@@ -212,14 +217,28 @@ impl ConversationPatch {
 }
 
 fn check_immutables(checks: &ImmutableChecks, current: &Conversation, violations: &mut Violations) {
-    if checks.channel.is_some_and(|channel| channel != current.channel) {
-        violations.add("conversation.channel", "is immutable and differs from the stored value");
+    if checks
+        .channel
+        .is_some_and(|channel| channel != current.channel)
+    {
+        violations.add(
+            "conversation.channel",
+            "is immutable and differs from the stored value",
+        );
     }
-    if checks.customer_id.is_some_and(|id| id != current.customer_id) {
-        violations.add("conversation.customer_id", "is immutable and differs from the stored value");
+    if checks
+        .customer_id
+        .is_some_and(|id| id != current.customer_id)
+    {
+        violations.add(
+            "conversation.customer_id",
+            "is immutable and differs from the stored value",
+        );
     }
     if checks.origin_agent_id.is_some() && checks.origin_agent_id != current.origin_agent_id {
-        violations.add("conversation.origin_agent_id", "is immutable and differs from the stored value");
+        violations.add(
+            "conversation.origin_agent_id",
+            "is immutable and differs from the stored value",
+        );
     }
 }
-

@@ -51,7 +51,10 @@ pub fn check_assignment(
                 }
             }
             Channel::Email => {
-                let active_email_agent = DirectoryEntry::Agent { kind: AgentKind::Email, active: true };
+                let active_email_agent = DirectoryEntry::Agent {
+                    kind: AgentKind::Email,
+                    active: true,
+                };
                 if entry != Some(active_email_agent) {
                     violations.add(
                         ASSIGNEE_FIELD,
@@ -80,7 +83,10 @@ pub fn apply_status_rules(
         match fields.hold_until {
             Some(until) if until > now => {}
             Some(_) => violations.add(HOLD_FIELD, "must be in the future for STATUS_ON_HOLD"),
-            None => violations.add(HOLD_FIELD, "STATUS_ON_HOLD needs a hold_until in the future"),
+            None => violations.add(
+                HOLD_FIELD,
+                "STATUS_ON_HOLD needs a hold_until in the future",
+            ),
         }
     } else if hold_until_written && fields.hold_until.is_some() {
         violations.add(HOLD_FIELD, "can be set only while status is STATUS_ON_HOLD");
@@ -117,7 +123,10 @@ pub fn plan_create(
     let mut fields = new.fields.clone();
 
     if !references.customer_in_workspace {
-        violations.add("conversation.customer_id", "no customer with this id in the workspace");
+        violations.add(
+            "conversation.customer_id",
+            "no customer with this id in the workspace",
+        );
     }
     if let Err(why) = check_attribute_count(&fields.attributes) {
         violations.add("conversation.attributes", why);
@@ -125,7 +134,13 @@ pub fn plan_create(
 
     let mut origin_agent_id = new.origin_agent_id;
     let is_chat_agent = |entry: Option<DirectoryEntry>| {
-        matches!(entry, Some(DirectoryEntry::Agent { kind: AgentKind::Chat, .. }))
+        matches!(
+            entry,
+            Some(DirectoryEntry::Agent {
+                kind: AgentKind::Chat,
+                ..
+            })
+        )
     };
     match (new.channel, new.origin_agent_id) {
         (Channel::Email, Some(_)) => {
@@ -158,7 +173,14 @@ pub fn plan_create(
         &mut violations,
     );
     let mut closed_at = None;
-    apply_status_rules(None, true, &mut fields, &mut closed_at, now, &mut violations);
+    apply_status_rules(
+        None,
+        true,
+        &mut fields,
+        &mut closed_at,
+        now,
+        &mut violations,
+    );
 
     violations.into_result(Conversation {
         id,

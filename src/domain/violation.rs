@@ -44,6 +44,10 @@ impl Violations {
 
     /// `Ok(value)` when nothing was found, else every violation.
     pub fn into_result<T>(self, value: T) -> Result<T, Violations> {
-        if self.0.is_empty() { Ok(value) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 }

@@ -38,7 +38,12 @@ impl TokenTable {
     }
 
     /// Reloads every `interval` until `stop` turns true.
-    pub async fn refresh(self, db: DatabaseConnection, interval: Duration, mut stop: watch::Receiver<bool>) {
+    pub async fn refresh(
+        self,
+        db: DatabaseConnection,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -137,10 +142,19 @@ mod tests {
     #[test]
     fn malformed_tokens_fail_before_any_lookup() {
         let table = TokenTable::default();
-        assert_eq!(table.authenticate(&MetadataMap::new()), Err(AuthFailure::Missing));
-        assert_eq!(table.authenticate(&metadata("Bearer nope")), Err(AuthFailure::Malformed));
+        assert_eq!(
+            table.authenticate(&MetadataMap::new()),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            table.authenticate(&metadata("Bearer nope")),
+            Err(AuthFailure::Malformed)
+        );
         let token = crate::domain::auth::TokenSecret::generate();
         let header = format!("Bearer {}", token.expose());
-        assert_eq!(table.authenticate(&metadata(&header)), Err(AuthFailure::Invalid));
+        assert_eq!(
+            table.authenticate(&metadata(&header)),
+            Err(AuthFailure::Invalid)
+        );
     }
 }

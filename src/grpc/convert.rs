@@ -37,7 +37,11 @@ fn path(field: WritableField) -> String {
 fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>) {
     let mut problems = Vec::new();
     let mut problem = |field, description: String| {
-        problems.push(FieldProblem { field, key: None, description })
+        problems.push(FieldProblem {
+            field,
+            key: None,
+            description,
+        })
     };
 
     let subject = msg.subject.clone();
@@ -45,7 +49,10 @@ fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>
         if let Err(why) = check_subject(subject) {
             problem(WritableField::Subject, why);
         } else if subject.contains('\0') {
-            problem(WritableField::Subject, "must not contain NUL characters".into());
+            problem(
+                WritableField::Subject,
+                "must not contain NUL characters".into(),
+            );
         }
     }
     let status = match msg.status {
@@ -58,7 +65,10 @@ fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>
         },
     }
     .unwrap_or_else(|| {
-        problem(WritableField::Status, format!("unknown Status value {}", msg.status));
+        problem(
+            WritableField::Status,
+            format!("unknown Status value {}", msg.status),
+        );
         Status::default()
     });
     let priority = match msg.priority {
@@ -72,7 +82,10 @@ fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>
         },
     }
     .unwrap_or_else(|| {
-        problem(WritableField::Priority, format!("unknown Priority value {}", msg.priority));
+        problem(
+            WritableField::Priority,
+            format!("unknown Priority value {}", msg.priority),
+        );
         Priority::default()
     });
     let assignee_id = msg.assignee_id.as_deref().and_then(|raw| {
@@ -188,7 +201,9 @@ pub fn create_request(
     let mut violations = Violations::new();
     let request_id = match request.request_id.as_str() {
         "" => None,
-        raw => uuid(raw).map_err(|why| violations.add("request_id", why)).ok(),
+        raw => uuid(raw)
+            .map_err(|why| violations.add("request_id", why))
+            .ok(),
     };
     let Some(msg) = request.conversation else {
         violations.add("conversation", "is required");
@@ -202,7 +217,10 @@ pub fn create_request(
     let channel = match channel(msg.channel) {
         Ok(Some(channel)) => Some(channel),
         Ok(None) => {
-            violations.add("conversation.channel", "is required (CHANNEL_EMAIL or CHANNEL_CHAT)");
+            violations.add(
+                "conversation.channel",
+                "is required (CHANNEL_EMAIL or CHANNEL_CHAT)",
+            );
             None
         }
         Err(why) => {
@@ -226,7 +244,12 @@ pub fn create_request(
 
     match (channel, customer_id) {
         (Some(channel), Some(customer_id)) if violations.is_empty() => Ok((
-            NewConversation { channel, customer_id, origin_agent_id, fields },
+            NewConversation {
+                channel,
+                customer_id,
+                origin_agent_id,
+                fields,
+            },
             request_id,
         )),
         _ => Err(violations.into()),
@@ -250,10 +273,15 @@ pub fn update_request(request: pb::UpdateConversationRequest) -> Result<UpdateCo
         violations.add("conversation.id", "is required");
         None
     } else {
-        uuid(&msg.id).map_err(|why| violations.add("conversation.id", why)).ok()
+        uuid(&msg.id)
+            .map_err(|why| violations.add("conversation.id", why))
+            .ok()
     };
 
-    let mask_paths = request.update_mask.map(|FieldMask { paths }| paths).unwrap_or_default();
+    let mask_paths = request
+        .update_mask
+        .map(|FieldMask { paths }| paths)
+        .unwrap_or_default();
     let (paths, immutable_checks) = if mask_paths.is_empty() {
         populated_paths(&msg, &mut violations)
     } else {
@@ -292,7 +320,10 @@ pub fn update_request(request: pb::UpdateConversationRequest) -> Result<UpdateCo
 /// AIP-134: with no mask, every populated field is written, and populated
 /// immutable fields must match the stored values. Output-only fields are
 /// ignored.
-fn populated_paths(msg: &pb::Conversation, violations: &mut Violations) -> (Vec<FieldPath>, ImmutableChecks) {
+fn populated_paths(
+    msg: &pb::Conversation,
+    violations: &mut Violations,
+) -> (Vec<FieldPath>, ImmutableChecks) {
     let populated = [
         (WritableField::Subject, msg.subject.is_some()),
         (WritableField::Status, msg.status != 0),
@@ -304,7 +335,10 @@ fn populated_paths(msg: &pb::Conversation, violations: &mut Violations) -> (Vec<
         (WritableField::Attributes, !msg.attributes.is_empty()),
         (WritableField::IsSpam, msg.is_spam),
         (WritableField::SpamScore, msg.spam_score.is_some()),
-        (WritableField::FirstResponseAt, msg.first_response_at.is_some()),
+        (
+            WritableField::FirstResponseAt,
+            msg.first_response_at.is_some(),
+        ),
         (WritableField::LastMessageAt, msg.last_message_at.is_some()),
     ];
     let paths = populated
@@ -376,7 +410,11 @@ pub fn conversation_to_proto(c: &Conversation) -> pb::Conversation {
         origin_agent_id: c.origin_agent_id.map(|id| id.to_string()),
         hold_until: f.hold_until.map(to_timestamp),
         tags: f.tags.clone(),
-        attributes: f.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+        attributes: f
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
         is_spam: f.is_spam,
         spam_score: f.spam_score,
         first_response_at: f.first_response_at.map(to_timestamp),
@@ -394,16 +432,50 @@ mod tests {
 
     #[test]
     fn timestamps_outside_the_protobuf_range_are_refused() {
-        assert!(timestamp(&Timestamp { seconds: MAX_SECONDS + 1, nanos: 0 }).is_err());
-        assert!(timestamp(&Timestamp { seconds: MIN_SECONDS - 1, nanos: 0 }).is_err());
-        assert!(timestamp(&Timestamp { seconds: 0, nanos: -1 }).is_err());
-        assert!(timestamp(&Timestamp { seconds: 0, nanos: 1_000_000_000 }).is_err());
+        assert!(
+            timestamp(&Timestamp {
+                seconds: MAX_SECONDS + 1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp(&Timestamp {
+                seconds: MIN_SECONDS - 1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp(&Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp(&Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000
+            })
+            .is_err()
+        );
     }
 
     #[test]
     fn timestamps_are_kept_to_the_microsecond() {
-        let at = timestamp(&Timestamp { seconds: 10, nanos: 123_456_789 }).unwrap();
-        assert_eq!(to_timestamp(at), Timestamp { seconds: 10, nanos: 123_456_000 });
+        let at = timestamp(&Timestamp {
+            seconds: 10,
+            nanos: 123_456_789,
+        })
+        .unwrap();
+        assert_eq!(
+            to_timestamp(at),
+            Timestamp {
+                seconds: 10,
+                nanos: 123_456_000
+            }
+        );
     }
 
     #[test]
@@ -416,10 +488,15 @@ mod tests {
                 status: pb::Status::Closed as i32,
                 ..Default::default()
             }),
-            update_mask: Some(FieldMask { paths: vec!["status".into()] }),
+            update_mask: Some(FieldMask {
+                paths: vec!["status".into()],
+            }),
         };
         let command = update_request(request).map_err(|e| e.to_string()).unwrap();
-        assert_eq!(command.patch.status, crate::domain::Write::Set(Status::Closed));
+        assert_eq!(
+            command.patch.status,
+            crate::domain::Write::Set(Status::Closed)
+        );
         assert_eq!(command.patch.subject, crate::domain::Write::Keep);
     }
 
@@ -437,7 +514,11 @@ mod tests {
         let Err(Error::InvalidArgument(violations)) = create_request(request) else {
             panic!("expected INVALID_ARGUMENT");
         };
-        let fields: Vec<&str> = violations.as_slice().iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<&str> = violations
+            .as_slice()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         for expected in [
             "request_id",
             "conversation.subject",
@@ -446,7 +527,10 @@ mod tests {
             "conversation.channel",
             "conversation.customer_id",
         ] {
-            assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
+            assert!(
+                fields.contains(&expected),
+                "{expected} missing from {fields:?}"
+            );
         }
     }
 }

@@ -11,7 +11,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::proto::v1::conversation_service_server::ConversationServiceServer;
 
-const SERVICE: &str = <ConversationServiceServer<super::service::ConversationApi> as NamedService>::NAME;
+const SERVICE: &str =
+    <ConversationServiceServer<super::service::ConversationApi> as NamedService>::NAME;
 
 pub async fn report(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
@@ -29,7 +30,11 @@ pub async fn watch_database(
     let mut last = None;
     loop {
         let healthy = matches!(tokio::time::timeout(interval, db.ping()).await, Ok(Ok(())));
-        let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         // Shutdown wins over a ping that was in flight when it began.
         if *stop.borrow() {
             return;

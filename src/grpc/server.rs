@@ -16,7 +16,9 @@ use super::{
     health,
     service::ConversationApi,
 };
-use crate::proto::{FILE_DESCRIPTOR_SET, v1::conversation_service_server::ConversationServiceServer};
+use crate::proto::{
+    FILE_DESCRIPTOR_SET, v1::conversation_service_server::ConversationServiceServer,
+};
 
 /// How the server behaves over time.
 #[derive(Debug, Clone)]
@@ -65,12 +67,14 @@ pub async fn serve(
         stop_rx,
     ));
 
-    // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check`
-    // works with no proto files at hand.
+    // Health and the google.rpc error details are described too, so grpcurl
+    // can call Health/Check and print BadRequest violations with no proto
+    // files at hand.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;

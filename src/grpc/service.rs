@@ -9,9 +9,7 @@ use super::auth::authorize;
 use super::convert::{self, UpdateCommand};
 use crate::db;
 use crate::domain::auth::Ability;
-use crate::proto::v1::{
-    self as pb, conversation_service_server::ConversationService,
-};
+use crate::proto::v1::{self as pb, conversation_service_server::ConversationService};
 
 pub struct ConversationApi {
     db: DatabaseConnection,
@@ -44,7 +42,11 @@ impl ConversationService for ConversationApi {
         request: Request<pb::UpdateConversationRequest>,
     ) -> Result<Response<pb::UpdateConversationResponse>, Status> {
         let principal = authorize(&request, Ability::Write)?;
-        let UpdateCommand { id, expected_etag, patch } = convert::update_request(request.into_inner())?;
+        let UpdateCommand {
+            id,
+            expected_etag,
+            patch,
+        } = convert::update_request(request.into_inner())?;
         let conversation = db::conversation::update(
             &self.db,
             principal.workspace_id,

@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conversation_service::{
     db::{self, token::TokenRef},
@@ -6,7 +6,9 @@ use conversation_service::{
     proto::v1 as pb,
 };
 use tonic::{Code, Request};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -15,17 +17,37 @@ use crate::helpers::*;
 async fn missing_malformed_and_unknown_tokens_are_unauthenticated() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
-    let request = || pb::GetConversationRequest { id: Uuid::new_v4().to_string() };
+    let request = || pb::GetConversationRequest {
+        id: Uuid::new_v4().to_string(),
+    };
 
-    let status = client.get_conversation(Request::new(request())).await.unwrap_err();
-    assert_eq!((status.code(), reason(&status).as_str()), (Code::Unauthenticated, "TOKEN_MISSING"));
+    let status = client
+        .get_conversation(Request::new(request()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "TOKEN_MISSING")
+    );
 
-    let status = client.get_conversation(authed("hdsk_not-a-token", request())).await.unwrap_err();
-    assert_eq!((status.code(), reason(&status).as_str()), (Code::Unauthenticated, "TOKEN_MALFORMED"));
+    let status = client
+        .get_conversation(authed("hdsk_not-a-token", request()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "TOKEN_MALFORMED")
+    );
 
     let unknown = TokenSecret::generate();
-    let status = client.get_conversation(authed(unknown.expose(), request())).await.unwrap_err();
-    assert_eq!((status.code(), reason(&status).as_str()), (Code::Unauthenticated, "TOKEN_INVALID"));
+    let status = client
+        .get_conversation(authed(unknown.expose(), request()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "TOKEN_INVALID")
+    );
 }
 
 #[tokio::test]
@@ -36,30 +58,38 @@ async fn each_method_needs_its_own_ability() {
     let result = app.create(&app.a.read_token, email(&app.a)).await;
     let status = assert_code(result, Code::PermissionDenied, "ABILITY_MISSING");
     assert!(status.message().contains("external-api:write"));
-    let sent = pb::Conversation { subject: Some("x".into()), ..with_id(&created.id) };
-    assert_code(app.update(&app.a.read_token, sent.clone(), Some(&["subject"])).await, Code::PermissionDenied, "ABILITY_MISSING");
-    assert_code(app.get(&app.a.write_token, &created.id).await, Code::PermissionDenied, "ABILITY_MISSING");
+    let sent = pb::Conversation {
+        subject: Some("x".into()),
+        ..with_id(&created.id)
+    };
+    assert_code(
+        app.update(&app.a.read_token, sent.clone(), Some(&["subject"]))
+            .await,
+        Code::PermissionDenied,
+        "ABILITY_MISSING",
+    );
+    assert_code(
+        app.get(&app.a.write_token, &created.id).await,
+        Code::PermissionDenied,
+        "ABILITY_MISSING",
+    );
 
     assert!(app.get(&app.a.read_token, &created.id).await.is_ok());
     assert!(app.create(&app.a.write_token, email(&app.a)).await.is_ok());
-    assert!(app.update(&app.a.write_token, sent, Some(&["subject"])).await.is_ok());
+    assert!(
+        app.update(&app.a.write_token, sent, Some(&["subject"]))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn a_permission_check_comes_before_validation() {
     let app = TestApp::spawn().await;
-    let result = app.create(&app.a.read_token, pb::Conversation::default()).await;
+    let result = app
+        .create(&app.a.read_token, pb::Conversation::default())
+        .await;
     assert_code(result, Code::PermissionDenied, "ABILITY_MISSING");
-}
-
-/// Polls until `check` holds, for at most `limit`.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test]
@@ -67,35 +97,65 @@ async fn issued_tokens_start_and_revoked_tokens_stop_working_within_five_seconds
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
 
-    let (token_id, secret) =
-        db::token::issue(&app.db, app.a.id, Abilities { read: true, write: false }, Some("late")).await.unwrap();
+    let (token_id, secret) = db::token::issue(
+        &app.db,
+        app.a.id,
+        Abilities {
+            read: true,
+            write: false,
+        },
+        Some("late"),
+    )
+    .await
+    .unwrap();
     let token = secret.expose().to_owned();
-    eventually(Duration::from_secs(5), async || app.get(&token, &created.id).await.is_ok()).await;
+    eventually(Duration::from_secs(5), async || {
+        app.get(&token, &created.id).await.is_ok()
+    })
+    .await;
 
-    assert!(db::token::revoke(&app.db, TokenRef::Id(token_id)).await.unwrap());
+    assert!(
+        db::token::revoke(&app.db, TokenRef::Id(token_id))
+            .await
+            .unwrap()
+    );
     eventually(Duration::from_secs(5), async || {
         matches!(app.get(&token, &created.id).await, Err(s) if s.code() == Code::Unauthenticated)
     })
     .await;
 
     // Revoking by the secret works as well.
-    assert!(db::token::revoke(&app.db, TokenRef::Secret(&app.a.write_token)).await.unwrap());
+    assert!(
+        db::token::revoke(&app.db, TokenRef::Secret(&app.a.write_token))
+            .await
+            .unwrap()
+    );
     eventually(Duration::from_secs(5), async || {
         matches!(app.create(&app.a.write_token, email(&app.a)).await, Err(s) if s.code() == Code::Unauthenticated)
     })
     .await;
-    assert!(!db::token::revoke(&app.db, TokenRef::Id(Uuid::new_v4())).await.unwrap());
+    assert!(
+        !db::token::revoke(&app.db, TokenRef::Id(Uuid::new_v4()))
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
 async fn tokens_are_stored_only_as_hashes() {
     let app = TestApp::spawn().await;
     use sea_orm::EntityTrait;
-    let rows = db::entity::api_token::Entity::find().all(&app.db).await.unwrap();
+    let rows = db::entity::api_token::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
     assert!(!rows.is_empty());
     for row in rows {
         for secret in [&app.a.token, &app.a.read_token, &app.b.token] {
-            assert!(!row.token_hash.contains(secret.as_str()) && !row.abilities.contains(secret.as_str()));
+            assert!(
+                !row.token_hash.contains(secret.as_str())
+                    && !row.abilities.contains(secret.as_str())
+            );
         }
         assert_eq!(row.token_hash.len(), 64);
     }
@@ -107,9 +167,21 @@ async fn nothing_crosses_workspaces() {
     let theirs = app.create(&app.b.token, email(&app.b)).await.unwrap();
     let mine = app.create_email().await;
 
-    let foreign = assert_code(app.get(&app.a.token, &theirs.id).await, Code::NotFound, "CONVERSATION_NOT_FOUND");
-    let unknown = assert_code(app.get(&app.a.token, &Uuid::new_v4().to_string()).await, Code::NotFound, "CONVERSATION_NOT_FOUND");
-    assert_eq!(foreign.message(), unknown.message(), "indistinguishable from an unknown id");
+    let foreign = assert_code(
+        app.get(&app.a.token, &theirs.id).await,
+        Code::NotFound,
+        "CONVERSATION_NOT_FOUND",
+    );
+    let unknown = assert_code(
+        app.get(&app.a.token, &Uuid::new_v4().to_string()).await,
+        Code::NotFound,
+        "CONVERSATION_NOT_FOUND",
+    );
+    assert_eq!(
+        foreign.message(),
+        unknown.message(),
+        "indistinguishable from an unknown id"
+    );
 
     // A's conversation cannot reference B's user or agents.
     let mask: &[&str] = &["assignee_id", "assignee_type"];
@@ -117,8 +189,15 @@ async fn nothing_crosses_workspaces() {
         (app.b.user, pb::AssigneeType::User),
         (app.b.email_agent, pb::AssigneeType::Agent),
     ] {
-        let sent = pb::Conversation { assignee_id: Some(id.to_string()), assignee_type: kind as i32, ..with_id(&mine.id) };
-        assert_invalid(app.update(&app.a.token, sent, Some(mask)).await, &["conversation.assignee_id"]);
+        let sent = pb::Conversation {
+            assignee_id: Some(id.to_string()),
+            assignee_type: kind as i32,
+            ..with_id(&mine.id)
+        };
+        assert_invalid(
+            app.update(&app.a.token, sent, Some(mask)).await,
+            &["conversation.assignee_id"],
+        );
     }
     assert_eq!(app.get(&app.b.token, &theirs.id).await.unwrap(), theirs);
 }
@@ -129,11 +208,17 @@ async fn health_and_reflection_need_no_token() {
     let mut health = HealthClient::new(app.channel().await);
     for service in ["", "helpdesk.v1.ConversationService"] {
         let response = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(response.status(), ServingStatus::Serving, "service {service:?}");
+        assert_eq!(
+            response.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
     }
 
     use tonic_reflection::pb::v1::{
@@ -155,6 +240,12 @@ async fn health_and_reflection_need_no_token() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"helpdesk.v1.ConversationService".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"helpdesk.v1.ConversationService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }

@@ -22,7 +22,9 @@ async fn create_applies_defaults_and_ignores_output_only_fields() {
     assert_eq!(created.closed_at, None);
     assert_ne!(created.etag, "made-up");
     assert_eq!(created.created_at, created.updated_at);
-    assert!(created.subject.is_none() && created.assignee_id.is_none() && created.spam_score.is_none());
+    assert!(
+        created.subject.is_none() && created.assignee_id.is_none() && created.spam_score.is_none()
+    );
     assert_eq!(created.assignee_type, pb::AssigneeType::Unspecified as i32);
 
     let fetched = app.get(&app.a.read_token, &created.id).await.unwrap();
@@ -53,12 +55,22 @@ async fn create_stores_every_writable_field() {
     assert_eq!(created.priority, pb::Priority::Urgent as i32);
     assert_eq!(created.assignee_id, sent.assignee_id);
     assert_eq!(created.assignee_type, pb::AssigneeType::User as i32);
-    assert_eq!(created.tags, ["vip", "billing"], "trimmed, deduplicated, first order kept");
+    assert_eq!(
+        created.tags,
+        ["vip", "billing"],
+        "trimmed, deduplicated, first order kept"
+    );
     assert_eq!(created.attributes, sent.attributes);
     assert!(created.is_spam);
     assert_eq!(created.spam_score, Some(0.25));
-    assert_eq!(created.hold_until.unwrap().seconds, sent.hold_until.unwrap().seconds);
-    assert_eq!(created.first_response_at.unwrap().seconds, sent.first_response_at.unwrap().seconds);
+    assert_eq!(
+        created.hold_until.unwrap().seconds,
+        sent.hold_until.unwrap().seconds
+    );
+    assert_eq!(
+        created.first_response_at.unwrap().seconds,
+        sent.first_response_at.unwrap().seconds
+    );
     assert!(created.last_message_at.is_some());
 }
 
@@ -72,7 +84,9 @@ async fn create_reports_every_violation_in_one_bad_request() {
         status: 42,
         ..Default::default()
     };
-    let result = app.create_with_request_id(&app.a.token, sent, "not-a-uuid").await;
+    let result = app
+        .create_with_request_id(&app.a.token, sent, "not-a-uuid")
+        .await;
     assert_invalid(
         result,
         &[
@@ -90,71 +104,145 @@ async fn create_reports_every_violation_in_one_bad_request() {
 #[tokio::test]
 async fn subject_limit_counts_characters_not_bytes() {
     let app = TestApp::spawn().await;
-    let ok = pb::Conversation { subject: Some("é".repeat(500)), ..email(&app.a) };
+    let ok = pb::Conversation {
+        subject: Some("é".repeat(500)),
+        ..email(&app.a)
+    };
     assert!(app.create(&app.a.token, ok).await.is_ok());
 }
 
 #[tokio::test]
 async fn malformed_and_foreign_customers_are_invalid_argument() {
     let app = TestApp::spawn().await;
-    let malformed = pb::Conversation { customer_id: "42".into(), ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, malformed).await, &["conversation.customer_id"]);
+    let malformed = pb::Conversation {
+        customer_id: "42".into(),
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, malformed).await,
+        &["conversation.customer_id"],
+    );
     // A customer of workspace B reads as "no such customer" to workspace A.
     let foreign = email(&app.b);
-    let descriptions = assert_invalid(app.create(&app.a.token, foreign).await, &["conversation.customer_id"]);
-    let unknown = pb::Conversation { customer_id: Uuid::new_v4().to_string(), ..email(&app.a) };
-    let unknown_descriptions = assert_invalid(app.create(&app.a.token, unknown).await, &["conversation.customer_id"]);
-    assert_eq!(descriptions, unknown_descriptions, "foreign and unknown are indistinguishable");
+    let descriptions = assert_invalid(
+        app.create(&app.a.token, foreign).await,
+        &["conversation.customer_id"],
+    );
+    let unknown = pb::Conversation {
+        customer_id: Uuid::new_v4().to_string(),
+        ..email(&app.a)
+    };
+    let unknown_descriptions = assert_invalid(
+        app.create(&app.a.token, unknown).await,
+        &["conversation.customer_id"],
+    );
+    assert_eq!(
+        descriptions, unknown_descriptions,
+        "foreign and unknown are indistinguishable"
+    );
 }
 
 #[tokio::test]
 async fn tags_and_attributes_limits() {
     let app = TestApp::spawn().await;
-    let control = pb::Conversation { tags: vec!["a\nb".into()], ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, control).await, &["conversation.tags"]);
-    let too_many_tags = pb::Conversation { tags: (0..51).map(|i| format!("t{i}")).collect(), ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, too_many_tags).await, &["conversation.tags"]);
-    let fifty = pb::Conversation { tags: (0..50).map(|i| format!("t{i}")).collect(), ..email(&app.a) };
-    assert_eq!(app.create(&app.a.token, fifty).await.unwrap().tags.len(), 50);
-
-    let too_many_attributes = pb::Conversation {
-        attributes: (0..101).map(|i| (format!("k{i}"), "v".to_string())).collect(),
+    let control = pb::Conversation {
+        tags: vec!["a\nb".into()],
         ..email(&app.a)
     };
-    assert_invalid(app.create(&app.a.token, too_many_attributes).await, &["conversation.attributes"]);
+    assert_invalid(
+        app.create(&app.a.token, control).await,
+        &["conversation.tags"],
+    );
+    let too_many_tags = pb::Conversation {
+        tags: (0..51).map(|i| format!("t{i}")).collect(),
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, too_many_tags).await,
+        &["conversation.tags"],
+    );
+    let fifty = pb::Conversation {
+        tags: (0..50).map(|i| format!("t{i}")).collect(),
+        ..email(&app.a)
+    };
+    assert_eq!(
+        app.create(&app.a.token, fifty).await.unwrap().tags.len(),
+        50
+    );
+
+    let too_many_attributes = pb::Conversation {
+        attributes: (0..101)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect(),
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, too_many_attributes).await,
+        &["conversation.attributes"],
+    );
     let long_value = pb::Conversation {
         attributes: [("k".to_string(), "v".repeat(2001))].into(),
         ..email(&app.a)
     };
-    assert_invalid(app.create(&app.a.token, long_value).await, &["conversation.attributes"]);
+    assert_invalid(
+        app.create(&app.a.token, long_value).await,
+        &["conversation.attributes"],
+    );
 }
 
 #[tokio::test]
 async fn spam_score_must_be_finite_and_not_negative() {
     let app = TestApp::spawn().await;
     for bad in [f64::INFINITY, -0.1, f64::NAN] {
-        let sent = pb::Conversation { spam_score: Some(bad), ..email(&app.a) };
-        assert_invalid(app.create(&app.a.token, sent).await, &["conversation.spam_score"]);
+        let sent = pb::Conversation {
+            spam_score: Some(bad),
+            ..email(&app.a)
+        };
+        assert_invalid(
+            app.create(&app.a.token, sent).await,
+            &["conversation.spam_score"],
+        );
     }
 }
 
 #[tokio::test]
 async fn status_rules_on_create() {
     let app = TestApp::spawn().await;
-    let hold_without_time = pb::Conversation { status: pb::Status::OnHold as i32, ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, hold_without_time).await, &["conversation.hold_until"]);
+    let hold_without_time = pb::Conversation {
+        status: pb::Status::OnHold as i32,
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, hold_without_time).await,
+        &["conversation.hold_until"],
+    );
     let hold_in_past = pb::Conversation {
         status: pb::Status::OnHold as i32,
         hold_until: Some(in_future(-5)),
         ..email(&app.a)
     };
-    assert_invalid(app.create(&app.a.token, hold_in_past).await, &["conversation.hold_until"]);
-    let time_without_hold = pb::Conversation { hold_until: Some(in_future(60)), ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, time_without_hold).await, &["conversation.hold_until"]);
+    assert_invalid(
+        app.create(&app.a.token, hold_in_past).await,
+        &["conversation.hold_until"],
+    );
+    let time_without_hold = pb::Conversation {
+        hold_until: Some(in_future(60)),
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, time_without_hold).await,
+        &["conversation.hold_until"],
+    );
 
-    let closed = pb::Conversation { status: pb::Status::Closed as i32, ..email(&app.a) };
+    let closed = pb::Conversation {
+        status: pb::Status::Closed as i32,
+        ..email(&app.a)
+    };
     let created = app.create(&app.a.token, closed).await.unwrap();
-    assert_eq!(created.closed_at, created.created_at, "becoming CLOSED stamps closed_at");
+    assert_eq!(
+        created.closed_at, created.created_at,
+        "becoming CLOSED stamps closed_at"
+    );
 }
 
 #[tokio::test]
@@ -166,22 +254,52 @@ async fn assignment_rules_on_create() {
         ..email(&app.a)
     };
     assert!(app.create(&app.a.token, user(app.a.user)).await.is_ok());
-    assert_invalid(app.create(&app.a.token, user(app.b.user)).await, &["conversation.assignee_id"]);
-    assert_invalid(app.create(&app.a.token, user(app.a.email_agent)).await, &["conversation.assignee_id"]);
+    assert_invalid(
+        app.create(&app.a.token, user(app.b.user)).await,
+        &["conversation.assignee_id"],
+    );
+    assert_invalid(
+        app.create(&app.a.token, user(app.a.email_agent)).await,
+        &["conversation.assignee_id"],
+    );
 
-    let id_without_type = pb::Conversation { assignee_id: Some(app.a.user.to_string()), ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, id_without_type).await, &["conversation.assignee_id"]);
-    let type_without_id = pb::Conversation { assignee_type: pb::AssigneeType::User as i32, ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, type_without_id).await, &["conversation.assignee_id"]);
+    let id_without_type = pb::Conversation {
+        assignee_id: Some(app.a.user.to_string()),
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, id_without_type).await,
+        &["conversation.assignee_id"],
+    );
+    let type_without_id = pb::Conversation {
+        assignee_type: pb::AssigneeType::User as i32,
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, type_without_id).await,
+        &["conversation.assignee_id"],
+    );
 
     let email_agent = |id: Uuid| pb::Conversation {
         assignee_id: Some(id.to_string()),
         assignee_type: pb::AssigneeType::Agent as i32,
         ..email(&app.a)
     };
-    assert!(app.create(&app.a.token, email_agent(app.a.email_agent)).await.is_ok());
-    assert_invalid(app.create(&app.a.token, email_agent(app.a.chat_agent)).await, &["conversation.assignee_id"]);
-    assert_invalid(app.create(&app.a.token, email_agent(app.b.email_agent)).await, &["conversation.assignee_id"]);
+    assert!(
+        app.create(&app.a.token, email_agent(app.a.email_agent))
+            .await
+            .is_ok()
+    );
+    assert_invalid(
+        app.create(&app.a.token, email_agent(app.a.chat_agent))
+            .await,
+        &["conversation.assignee_id"],
+    );
+    assert_invalid(
+        app.create(&app.a.token, email_agent(app.b.email_agent))
+            .await,
+        &["conversation.assignee_id"],
+    );
 }
 
 #[tokio::test]
@@ -190,12 +308,30 @@ async fn origin_agent_rules_on_create() {
     let created = app.create(&app.a.token, chat(&app.a)).await.unwrap();
     assert_eq!(created.origin_agent_id, Some(app.a.chat_agent.to_string()));
 
-    let on_email = pb::Conversation { origin_agent_id: Some(app.a.chat_agent.to_string()), ..email(&app.a) };
-    assert_invalid(app.create(&app.a.token, on_email).await, &["conversation.origin_agent_id"]);
-    let not_chat_agent = pb::Conversation { origin_agent_id: Some(app.a.email_agent.to_string()), ..chat(&app.a) };
-    assert_invalid(app.create(&app.a.token, not_chat_agent).await, &["conversation.origin_agent_id"]);
-    let foreign = pb::Conversation { origin_agent_id: Some(app.b.chat_agent.to_string()), ..chat(&app.a) };
-    assert_invalid(app.create(&app.a.token, foreign).await, &["conversation.origin_agent_id"]);
+    let on_email = pb::Conversation {
+        origin_agent_id: Some(app.a.chat_agent.to_string()),
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, on_email).await,
+        &["conversation.origin_agent_id"],
+    );
+    let not_chat_agent = pb::Conversation {
+        origin_agent_id: Some(app.a.email_agent.to_string()),
+        ..chat(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, not_chat_agent).await,
+        &["conversation.origin_agent_id"],
+    );
+    let foreign = pb::Conversation {
+        origin_agent_id: Some(app.b.chat_agent.to_string()),
+        ..chat(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, foreign).await,
+        &["conversation.origin_agent_id"],
+    );
 
     // An agent assignee on a chat without an origin becomes the origin.
     let assigned = pb::Conversation {
@@ -213,22 +349,35 @@ async fn origin_agent_rules_on_create() {
         assignee_type: pb::AssigneeType::Agent as i32,
         ..chat(&app.a)
     };
-    assert_invalid(app.create(&app.a.token, wrong_kind).await, &["conversation.assignee_id"]);
+    assert_invalid(
+        app.create(&app.a.token, wrong_kind).await,
+        &["conversation.assignee_id"],
+    );
     // With an origin, an agent assignee must be that origin.
     let other_agent = pb::Conversation {
         assignee_id: Some(Uuid::new_v4().to_string()),
         assignee_type: pb::AssigneeType::Agent as i32,
         ..chat(&app.a)
     };
-    assert_invalid(app.create(&app.a.token, other_agent).await, &["conversation.assignee_id"]);
+    assert_invalid(
+        app.create(&app.a.token, other_agent).await,
+        &["conversation.assignee_id"],
+    );
 }
 
 #[tokio::test]
 async fn request_id_makes_retries_return_the_first_conversation() {
     let mut app = TestApp::spawn().await;
     let key = Uuid::new_v4().to_string();
-    let sent = pb::Conversation { subject: Some("Once".into()), tags: vec!["a".into()], ..email(&app.a) };
-    let first = app.create_with_request_id(&app.a.token, sent.clone(), &key).await.unwrap();
+    let sent = pb::Conversation {
+        subject: Some("Once".into()),
+        tags: vec!["a".into()],
+        ..email(&app.a)
+    };
+    let first = app
+        .create_with_request_id(&app.a.token, sent.clone(), &key)
+        .await
+        .unwrap();
 
     // Same writable fields after normalisation; output-only values differ.
     let retry = pb::Conversation {
@@ -237,21 +386,35 @@ async fn request_id_makes_retries_return_the_first_conversation() {
         id: Uuid::new_v4().to_string(),
         ..sent.clone()
     };
-    let second = app.create_with_request_id(&app.a.token, retry, &key).await.unwrap();
+    let second = app
+        .create_with_request_id(&app.a.token, retry, &key)
+        .await
+        .unwrap();
     assert_eq!(second, first);
 
     // It holds across a restart.
     app.restart().await;
-    let third = app.create_with_request_id(&app.a.token, sent.clone(), &key).await.unwrap();
+    let third = app
+        .create_with_request_id(&app.a.token, sent.clone(), &key)
+        .await
+        .unwrap();
     assert_eq!(third.id, first.id);
 
     // A different body with the same key is refused.
-    let different = pb::Conversation { subject: Some("Twice".into()), ..sent.clone() };
-    let result = app.create_with_request_id(&app.a.token, different, &key).await;
+    let different = pb::Conversation {
+        subject: Some("Twice".into()),
+        ..sent.clone()
+    };
+    let result = app
+        .create_with_request_id(&app.a.token, different, &key)
+        .await;
     assert_code(result, Code::AlreadyExists, "REQUEST_ID_REUSED");
 
     // Keys are scoped to the workspace.
-    let other = app.create_with_request_id(&app.b.token, email(&app.b), &key).await.unwrap();
+    let other = app
+        .create_with_request_id(&app.b.token, email(&app.b), &key)
+        .await
+        .unwrap();
     assert_ne!(other.id, first.id);
 }
 
@@ -259,12 +422,27 @@ async fn request_id_makes_retries_return_the_first_conversation() {
 async fn request_id_still_matches_after_the_conversation_changed() {
     let app = TestApp::spawn().await;
     let key = Uuid::new_v4().to_string();
-    let first = app.create_with_request_id(&app.a.token, email(&app.a), &key).await.unwrap();
-    let changed = pb::Conversation { subject: Some("later".into()), ..with_id(&first.id) };
-    app.update(&app.a.token, changed, Some(&["subject"])).await.unwrap();
-    let retry = app.create_with_request_id(&app.a.token, email(&app.a), &key).await.unwrap();
+    let first = app
+        .create_with_request_id(&app.a.token, email(&app.a), &key)
+        .await
+        .unwrap();
+    let changed = pb::Conversation {
+        subject: Some("later".into()),
+        ..with_id(&first.id)
+    };
+    app.update(&app.a.token, changed, Some(&["subject"]))
+        .await
+        .unwrap();
+    let retry = app
+        .create_with_request_id(&app.a.token, email(&app.a), &key)
+        .await
+        .unwrap();
     assert_eq!(retry.id, first.id);
-    assert_eq!(retry.subject.as_deref(), Some("later"), "the retry returns the conversation as stored");
+    assert_eq!(
+        retry.subject.as_deref(),
+        Some("later"),
+        "the retry returns the conversation as stored"
+    );
 }
 
 #[tokio::test]
@@ -276,7 +454,8 @@ async fn concurrent_creates_with_one_request_id_create_one_conversation() {
         let app = app.clone();
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
-            app.create_with_request_id(&app.a.token, email(&app.a), &key).await
+            app.create_with_request_id(&app.a.token, email(&app.a), &key)
+                .await
         }));
     }
     let mut ids = std::collections::HashSet::new();
@@ -289,10 +468,16 @@ async fn concurrent_creates_with_one_request_id_create_one_conversation() {
 #[tokio::test]
 async fn uuids_in_other_spellings_are_accepted_and_normalised() {
     let app = TestApp::spawn().await;
-    let upper = pb::Conversation { customer_id: app.a.customer.to_string().to_uppercase(), ..email(&app.a) };
+    let upper = pb::Conversation {
+        customer_id: app.a.customer.to_string().to_uppercase(),
+        ..email(&app.a)
+    };
     let created = app.create(&app.a.token, upper).await.unwrap();
     assert_eq!(created.customer_id, app.a.customer.to_string());
-    let fetched = app.get(&app.a.token, &created.id.to_uppercase()).await.unwrap();
+    let fetched = app
+        .get(&app.a.token, &created.id.to_uppercase())
+        .await
+        .unwrap();
     assert_eq!(fetched.id, created.id);
 }
 
@@ -304,5 +489,8 @@ async fn nul_bytes_are_refused_not_stored() {
         attributes: [("k".to_string(), "v\0".to_string())].into(),
         ..email(&app.a)
     };
-    assert_invalid(app.create(&app.a.token, sent).await, &["conversation.subject", "conversation.attributes"]);
+    assert_invalid(
+        app.create(&app.a.token, sent).await,
+        &["conversation.subject", "conversation.attributes"],
+    );
 }

@@ -59,13 +59,17 @@ pub async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
     match std::env::var("TEST_POSTGRES_URL") {
         Ok(admin_url) if !admin_url.is_empty() => {
             let name = format!("cs_test_{}", Uuid::new_v4().simple());
-            let admin = Database::connect(admin_url.as_str()).await.expect("connect TEST_POSTGRES_URL");
+            let admin = Database::connect(admin_url.as_str())
+                .await
+                .expect("connect TEST_POSTGRES_URL");
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
                 .await
                 .expect("create test database");
             admin.close().await.ok();
-            let (base, _) = admin_url.rsplit_once('/').expect("TEST_POSTGRES_URL ends in /DBNAME");
+            let (base, _) = admin_url
+                .rsplit_once('/')
+                .expect("TEST_POSTGRES_URL ends in /DBNAME");
             format!("{base}/{name}")
         }
         _ => format!("sqlite://{}", dir.path().join("test.db").display()),
@@ -86,14 +90,24 @@ pub async fn connect(url: &str) -> DatabaseConnection {
 
 pub async fn seed_workspace(db: &DatabaseConnection, name: &str) -> Workspace {
     let id = directory::create_workspace(db, name).await.unwrap();
-    let customer = directory::create_customer(db, id, "customer@example.com", None).await.unwrap();
-    let user = directory::create_user(db, id, "staff@example.com", None).await.unwrap();
-    let chat_agent = directory::create_agent(db, id, AgentKind::Chat, true, None).await.unwrap();
-    let email_agent = directory::create_agent(db, id, AgentKind::Email, true, None).await.unwrap();
+    let customer = directory::create_customer(db, id, "customer@example.com", None)
+        .await
+        .unwrap();
+    let user = directory::create_user(db, id, "staff@example.com", None)
+        .await
+        .unwrap();
+    let chat_agent = directory::create_agent(db, id, AgentKind::Chat, true, None)
+        .await
+        .unwrap();
+    let email_agent = directory::create_agent(db, id, AgentKind::Email, true, None)
+        .await
+        .unwrap();
     let issue = |read, write| {
         let db = db.clone();
         async move {
-            let (_, secret) = db::token::issue(&db, id, Abilities { read, write }, None).await.unwrap();
+            let (_, secret) = db::token::issue(&db, id, Abilities { read, write }, None)
+                .await
+                .unwrap();
             secret.expose().to_owned()
         }
     };
@@ -169,7 +183,11 @@ impl TestApp {
         ConversationServiceClient::new(self.channel().await)
     }
 
-    pub async fn create(&self, token: &str, conversation: pb::Conversation) -> Result<pb::Conversation, Status> {
+    pub async fn create(
+        &self,
+        token: &str,
+        conversation: pb::Conversation,
+    ) -> Result<pb::Conversation, Status> {
         self.create_with_request_id(token, conversation, "").await
     }
 
@@ -183,7 +201,11 @@ impl TestApp {
             conversation: Some(conversation),
             request_id: request_id.to_owned(),
         };
-        let response = self.client().await.create_conversation(authed(token, request)).await?;
+        let response = self
+            .client()
+            .await
+            .create_conversation(authed(token, request))
+            .await?;
         Ok(response.into_inner().conversation.expect("a conversation"))
     }
 
@@ -196,21 +218,33 @@ impl TestApp {
     ) -> Result<pb::Conversation, Status> {
         let request = pb::UpdateConversationRequest {
             conversation: Some(conversation),
-            update_mask: mask.map(|paths| FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+            update_mask: mask.map(|paths| FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
         };
-        let response = self.client().await.update_conversation(authed(token, request)).await?;
+        let response = self
+            .client()
+            .await
+            .update_conversation(authed(token, request))
+            .await?;
         Ok(response.into_inner().conversation.expect("a conversation"))
     }
 
     pub async fn get(&self, token: &str, id: &str) -> Result<pb::Conversation, Status> {
         let request = pb::GetConversationRequest { id: id.to_owned() };
-        let response = self.client().await.get_conversation(authed(token, request)).await?;
+        let response = self
+            .client()
+            .await
+            .get_conversation(authed(token, request))
+            .await?;
         Ok(response.into_inner().conversation.expect("a conversation"))
     }
 
     /// An email conversation of workspace A, created with defaults.
     pub async fn create_email(&self) -> pb::Conversation {
-        self.create(&self.a.token, email(&self.a)).await.expect("create")
+        self.create(&self.a.token, email(&self.a))
+            .await
+            .expect("create")
     }
 }
 
@@ -251,11 +285,18 @@ pub fn chat(ws: &Workspace) -> pb::Conversation {
 
 /// Just the id (and optionally more) for an update.
 pub fn with_id(id: &str) -> pb::Conversation {
-    pb::Conversation { id: id.to_owned(), ..Default::default() }
+    pb::Conversation {
+        id: id.to_owned(),
+        ..Default::default()
+    }
 }
 
 pub fn reason(status: &Status) -> String {
-    let info = status.get_error_details().error_info().cloned().expect("every error carries an ErrorInfo");
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("every error carries an ErrorInfo");
     assert_eq!(info.domain, "conversation-service");
     info.reason
 }
@@ -268,7 +309,10 @@ pub fn assert_invalid(result: Result<pb::Conversation, Status>, fields: &[&str])
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(reason(&status), "INVALID_ARGUMENT");
     let details = status.get_error_details();
-    let violations = &details.bad_request().expect("a BadRequest").field_violations;
+    let violations = &details
+        .bad_request()
+        .expect("a BadRequest")
+        .field_violations;
     let mut named: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
     named.sort_unstable();
     named.dedup();
@@ -279,7 +323,11 @@ pub fn assert_invalid(result: Result<pb::Conversation, Status>, fields: &[&str])
 }
 
 #[track_caller]
-pub fn assert_code(result: Result<pb::Conversation, Status>, code: Code, expected_reason: &str) -> Status {
+pub fn assert_code(
+    result: Result<pb::Conversation, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
     let status = result.expect_err("expected an error");
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(reason(&status), expected_reason);
@@ -287,9 +335,22 @@ pub fn assert_code(result: Result<pb::Conversation, Status>, code: Code, expecte
 }
 
 pub fn ts(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn in_future(secs: i64) -> prost_types::Timestamp {
     ts(chrono::Utc::now() + chrono::Duration::seconds(secs))
+}
+
+/// Polls until `check` holds, for at most `limit`; returns how long it took.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
 }

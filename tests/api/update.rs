@@ -15,7 +15,11 @@ async fn full(app: &TestApp) -> pb::Conversation {
         assignee_id: Some(app.a.user.to_string()),
         assignee_type: pb::AssigneeType::User as i32,
         tags: vec!["t".into()],
-        attributes: [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into(),
+        attributes: [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ]
+        .into(),
         is_spam: true,
         spam_score: Some(0.9),
         first_response_at: Some(in_future(-100)),
@@ -35,7 +39,10 @@ async fn a_field_outside_the_mask_is_never_touched() {
         tags: vec![],
         ..with_id(&created.id)
     };
-    let updated = app.update(&app.a.token, sent, Some(&["subject"])).await.unwrap();
+    let updated = app
+        .update(&app.a.token, sent, Some(&["subject"]))
+        .await
+        .unwrap();
     assert_eq!(updated.subject.as_deref(), Some("New"));
     assert_eq!(updated.priority, created.priority);
     assert_eq!(updated.tags, created.tags);
@@ -47,10 +54,22 @@ async fn a_masked_but_absent_field_is_reset() {
     let app = TestApp::spawn().await;
     let created = full(&app).await;
     let mask = [
-        "subject", "status", "priority", "assignee_id", "assignee_type", "tags", "attributes", "is_spam",
-        "spam_score", "first_response_at", "last_message_at",
+        "subject",
+        "status",
+        "priority",
+        "assignee_id",
+        "assignee_type",
+        "tags",
+        "attributes",
+        "is_spam",
+        "spam_score",
+        "first_response_at",
+        "last_message_at",
     ];
-    let updated = app.update(&app.a.token, with_id(&created.id), Some(&mask)).await.unwrap();
+    let updated = app
+        .update(&app.a.token, with_id(&created.id), Some(&mask))
+        .await
+        .unwrap();
     assert_eq!(updated.subject, None);
     assert_eq!(updated.status, pb::Status::Open as i32);
     assert_eq!(updated.closed_at, None, "leaving CLOSED clears closed_at");
@@ -60,15 +79,24 @@ async fn a_masked_but_absent_field_is_reset() {
     assert!(updated.tags.is_empty() && updated.attributes.is_empty());
     assert!(!updated.is_spam);
     assert_eq!(updated.spam_score, None);
-    assert_eq!(updated.first_response_at, created.first_response_at, "never cleared");
-    assert_eq!(updated.last_message_at, created.last_message_at, "never cleared");
+    assert_eq!(
+        updated.first_response_at, created.first_response_at,
+        "never cleared"
+    );
+    assert_eq!(
+        updated.last_message_at, created.last_message_at,
+        "never cleared"
+    );
 }
 
 #[tokio::test]
 async fn unassigning_by_id_alone_clears_the_type() {
     let app = TestApp::spawn().await;
     let created = full(&app).await;
-    let updated = app.update(&app.a.token, with_id(&created.id), Some(&["assignee_id"])).await.unwrap();
+    let updated = app
+        .update(&app.a.token, with_id(&created.id), Some(&["assignee_id"]))
+        .await
+        .unwrap();
     assert_eq!(updated.assignee_id, None);
     assert_eq!(updated.assignee_type, pb::AssigneeType::Unspecified as i32);
 }
@@ -81,11 +109,23 @@ async fn half_cleared_assignments_are_refused() {
         assignee_type: pb::AssigneeType::User as i32,
         ..with_id(&created.id)
     };
-    let result = app.update(&app.a.token, type_with_cleared_id, Some(&["assignee_id", "assignee_type"])).await;
+    let result = app
+        .update(
+            &app.a.token,
+            type_with_cleared_id,
+            Some(&["assignee_id", "assignee_type"]),
+        )
+        .await;
     assert_invalid(result, &["conversation.assignee_id"]);
-    let result = app.update(&app.a.token, with_id(&created.id), Some(&["assignee_type"])).await;
+    let result = app
+        .update(&app.a.token, with_id(&created.id), Some(&["assignee_type"]))
+        .await;
     assert_invalid(result, &["conversation.assignee_id"]);
-    assert_eq!(app.get(&app.a.token, &created.id).await.unwrap(), created, "nothing was written");
+    assert_eq!(
+        app.get(&app.a.token, &created.id).await.unwrap(),
+        created,
+        "nothing was written"
+    );
 }
 
 #[tokio::test]
@@ -98,11 +138,30 @@ async fn assignment_rules_per_channel_on_update() {
         ..with_id(&conversation.id)
     };
     let mask: &[&str] = &["assignee_id", "assignee_type"];
-    let result = app.update(&app.a.token, assign(app.b.user, pb::AssigneeType::User), Some(mask)).await;
+    let result = app
+        .update(
+            &app.a.token,
+            assign(app.b.user, pb::AssigneeType::User),
+            Some(mask),
+        )
+        .await;
     assert_invalid(result, &["conversation.assignee_id"]);
-    let result = app.update(&app.a.token, assign(app.a.chat_agent, pb::AssigneeType::Agent), Some(mask)).await;
+    let result = app
+        .update(
+            &app.a.token,
+            assign(app.a.chat_agent, pb::AssigneeType::Agent),
+            Some(mask),
+        )
+        .await;
     assert_invalid(result, &["conversation.assignee_id"]);
-    let updated = app.update(&app.a.token, assign(app.a.email_agent, pb::AssigneeType::Agent), Some(mask)).await.unwrap();
+    let updated = app
+        .update(
+            &app.a.token,
+            assign(app.a.email_agent, pb::AssigneeType::Agent),
+            Some(mask),
+        )
+        .await
+        .unwrap();
     assert_eq!(updated.assignee_id, Some(app.a.email_agent.to_string()));
 
     // A new active email agent replaces the old one; the old one can no
@@ -116,11 +175,32 @@ async fn assignment_rules_per_channel_on_update() {
     )
     .await
     .unwrap();
-    let result = app.update(&app.a.token, assign(app.a.email_agent, pb::AssigneeType::Agent), Some(mask)).await;
+    let result = app
+        .update(
+            &app.a.token,
+            assign(app.a.email_agent, pb::AssigneeType::Agent),
+            Some(mask),
+        )
+        .await;
     assert_invalid(result, &["conversation.assignee_id"]);
-    let priority = pb::Conversation { priority: pb::Priority::High as i32, ..with_id(&conversation.id) };
-    assert!(app.update(&app.a.token, priority, Some(&["priority"])).await.is_ok());
-    assert!(app.update(&app.a.token, assign(new_agent, pb::AssigneeType::Agent), Some(mask)).await.is_ok());
+    let priority = pb::Conversation {
+        priority: pb::Priority::High as i32,
+        ..with_id(&conversation.id)
+    };
+    assert!(
+        app.update(&app.a.token, priority, Some(&["priority"]))
+            .await
+            .is_ok()
+    );
+    assert!(
+        app.update(
+            &app.a.token,
+            assign(new_agent, pb::AssigneeType::Agent),
+            Some(mask)
+        )
+        .await
+        .is_ok()
+    );
 
     // Chat: only the origin agent.
     let chat_conversation = app.create(&app.a.token, chat(&app.a)).await.unwrap();
@@ -129,8 +209,14 @@ async fn assignment_rules_per_channel_on_update() {
         assignee_type: pb::AssigneeType::Agent as i32,
         ..with_id(&chat_conversation.id)
     };
-    assert!(app.update(&app.a.token, assign_chat(app.a.chat_agent), Some(mask)).await.is_ok());
-    let result = app.update(&app.a.token, assign_chat(new_agent), Some(mask)).await;
+    assert!(
+        app.update(&app.a.token, assign_chat(app.a.chat_agent), Some(mask))
+            .await
+            .is_ok()
+    );
+    let result = app
+        .update(&app.a.token, assign_chat(new_agent), Some(mask))
+        .await;
     assert_invalid(result, &["conversation.assignee_id"]);
 }
 
@@ -148,19 +234,32 @@ async fn attribute_paths_write_one_key_each() {
         ..with_id(&created.id)
     };
     let updated = app
-        .update(&app.a.token, sent, Some(&["attributes.a", "attributes.`order id`", "attributes.b"]))
+        .update(
+            &app.a.token,
+            sent,
+            Some(&["attributes.a", "attributes.`order id`", "attributes.b"]),
+        )
         .await
         .unwrap();
-    let expected: BTreeMap<String, String> =
-        [("a".to_string(), "one".to_string()), ("order id".to_string(), "77".to_string())].into();
-    assert_eq!(updated.attributes, expected, "a set, `order id` added, b deleted, `ignored` untouched");
+    let expected: BTreeMap<String, String> = [
+        ("a".to_string(), "one".to_string()),
+        ("order id".to_string(), "77".to_string()),
+    ]
+    .into();
+    assert_eq!(
+        updated.attributes, expected,
+        "a set, `order id` added, b deleted, `ignored` untouched"
+    );
 }
 
 #[tokio::test]
 async fn star_replaces_every_writable_field() {
     let app = TestApp::spawn().await;
     let created = full(&app).await;
-    let sent = pb::Conversation { subject: Some("Only this".into()), ..with_id(&created.id) };
+    let sent = pb::Conversation {
+        subject: Some("Only this".into()),
+        ..with_id(&created.id)
+    };
     let updated = app.update(&app.a.token, sent, Some(&["*"])).await.unwrap();
     assert_eq!(updated.subject.as_deref(), Some("Only this"));
     assert_eq!(updated.status, pb::Status::Open as i32);
@@ -188,7 +287,10 @@ async fn no_mask_writes_the_populated_fields() {
     for mask in [None, Some(&[][..])] {
         let updated = app.update(&app.a.token, sent.clone(), mask).await.unwrap();
         assert_eq!(updated.priority, pb::Priority::Low as i32);
-        assert_eq!(updated.attributes, sent.attributes, "a populated map replaces the whole map");
+        assert_eq!(
+            updated.attributes, sent.attributes,
+            "a populated map replaces the whole map"
+        );
         assert_eq!(updated.subject, created.subject, "unpopulated fields stay");
         assert_eq!(updated.is_spam, created.is_spam);
         assert_eq!(updated.created_at, created.created_at);
@@ -207,7 +309,11 @@ async fn no_mask_with_a_different_immutable_field_is_refused() {
     };
     assert_invalid(
         app.update(&app.a.token, sent, None).await,
-        &["conversation.channel", "conversation.customer_id", "conversation.origin_agent_id"],
+        &[
+            "conversation.channel",
+            "conversation.customer_id",
+            "conversation.origin_agent_id",
+        ],
     );
 }
 
@@ -215,13 +321,28 @@ async fn no_mask_with_a_different_immutable_field_is_refused() {
 async fn refused_masks_name_update_mask_and_quote_the_path() {
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
-    let mask = ["nope", "etag", "channel", "hold_until.seconds", "attributes.a.b"];
-    let descriptions = assert_invalid(app.update(&app.a.token, with_id(&created.id), Some(&mask)).await, &["update_mask"]);
+    let mask = [
+        "nope",
+        "etag",
+        "channel",
+        "hold_until.seconds",
+        "attributes.a.b",
+    ];
+    let descriptions = assert_invalid(
+        app.update(&app.a.token, with_id(&created.id), Some(&mask))
+            .await,
+        &["update_mask"],
+    );
     assert_eq!(descriptions.len(), mask.len(), "{descriptions:?}");
     for (path, description) in mask.iter().zip(&descriptions) {
-        assert!(description.contains(&format!("`{path}`")), "{description} should quote {path}");
+        assert!(
+            description.contains(&format!("`{path}`")),
+            "{description} should quote {path}"
+        );
     }
-    let mixed = app.update(&app.a.token, with_id(&created.id), Some(&["*", "subject"])).await;
+    let mixed = app
+        .update(&app.a.token, with_id(&created.id), Some(&["*", "subject"]))
+        .await;
     assert_invalid(mixed, &["update_mask"]);
 }
 
@@ -235,9 +356,14 @@ async fn invalid_values_are_refused_only_when_masked() {
         priority: pb::Priority::High as i32,
         ..with_id(&created.id)
     };
-    let updated = app.update(&app.a.token, sent.clone(), Some(&["priority"])).await.unwrap();
+    let updated = app
+        .update(&app.a.token, sent.clone(), Some(&["priority"]))
+        .await
+        .unwrap();
     assert_eq!(updated.priority, pb::Priority::High as i32);
-    let result = app.update(&app.a.token, sent, Some(&["subject", "spam_score"])).await;
+    let result = app
+        .update(&app.a.token, sent, Some(&["subject", "spam_score"]))
+        .await;
     assert_invalid(result, &["conversation.subject", "conversation.spam_score"]);
 }
 
@@ -245,18 +371,44 @@ async fn invalid_values_are_refused_only_when_masked() {
 async fn etag_precondition() {
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
-    let first = pb::Conversation { subject: Some("one".into()), etag: created.etag.clone(), ..with_id(&created.id) };
-    let updated = app.update(&app.a.token, first, Some(&["subject"])).await.unwrap();
+    let first = pb::Conversation {
+        subject: Some("one".into()),
+        etag: created.etag.clone(),
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(&app.a.token, first, Some(&["subject"]))
+        .await
+        .unwrap();
     assert_ne!(updated.etag, created.etag);
 
-    let stale = pb::Conversation { subject: Some("two".into()), etag: created.etag.clone(), ..with_id(&created.id) };
-    assert_code(app.update(&app.a.token, stale, Some(&["subject"])).await, Code::Aborted, "ETAG_MISMATCH");
-    assert_eq!(app.get(&app.a.token, &created.id).await.unwrap(), updated, "nothing was written");
+    let stale = pb::Conversation {
+        subject: Some("two".into()),
+        etag: created.etag.clone(),
+        ..with_id(&created.id)
+    };
+    assert_code(
+        app.update(&app.a.token, stale, Some(&["subject"])).await,
+        Code::Aborted,
+        "ETAG_MISMATCH",
+    );
+    assert_eq!(
+        app.get(&app.a.token, &created.id).await.unwrap(),
+        updated,
+        "nothing was written"
+    );
 
     // An etag of another conversation never matches.
     let other = app.create_email().await;
-    let foreign = pb::Conversation { subject: Some("x".into()), etag: other.etag.clone(), ..with_id(&created.id) };
-    let _ = app.update(&app.a.token, foreign, Some(&["subject"])).await.expect_err("foreign etag");
+    let foreign = pb::Conversation {
+        subject: Some("x".into()),
+        etag: other.etag.clone(),
+        ..with_id(&created.id)
+    };
+    let _ = app
+        .update(&app.a.token, foreign, Some(&["subject"]))
+        .await
+        .expect_err("foreign etag");
 }
 
 #[tokio::test]
@@ -271,13 +423,23 @@ async fn a_no_op_update_keeps_updated_at_and_etag() {
         ..with_id(&created.id)
     };
     let updated = app
-        .update(&app.a.token, same, Some(&["subject", "priority", "tags", "first_response_at"]))
+        .update(
+            &app.a.token,
+            same,
+            Some(&["subject", "priority", "tags", "first_response_at"]),
+        )
         .await
         .unwrap();
     assert_eq!(updated, created);
 
-    let changed = pb::Conversation { subject: Some("different".into()), ..with_id(&created.id) };
-    let updated = app.update(&app.a.token, changed, Some(&["subject"])).await.unwrap();
+    let changed = pb::Conversation {
+        subject: Some("different".into()),
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(&app.a.token, changed, Some(&["subject"]))
+        .await
+        .unwrap();
     assert_ne!(updated.etag, created.etag);
     assert!(updated.updated_at.unwrap().seconds >= created.updated_at.unwrap().seconds);
     assert_ne!(updated.updated_at, created.updated_at);
@@ -289,36 +451,94 @@ async fn status_rules_on_update() {
     let created = app.create_email().await;
     let id = &created.id;
 
-    let hold_without_time = pb::Conversation { status: pb::Status::OnHold as i32, ..with_id(id) };
-    assert_invalid(app.update(&app.a.token, hold_without_time, Some(&["status"])).await, &["conversation.hold_until"]);
-    let time_without_hold = pb::Conversation { hold_until: Some(in_future(60)), ..with_id(id) };
-    assert_invalid(app.update(&app.a.token, time_without_hold, Some(&["hold_until"])).await, &["conversation.hold_until"]);
+    let hold_without_time = pb::Conversation {
+        status: pb::Status::OnHold as i32,
+        ..with_id(id)
+    };
+    assert_invalid(
+        app.update(&app.a.token, hold_without_time, Some(&["status"]))
+            .await,
+        &["conversation.hold_until"],
+    );
+    let time_without_hold = pb::Conversation {
+        hold_until: Some(in_future(60)),
+        ..with_id(id)
+    };
+    assert_invalid(
+        app.update(&app.a.token, time_without_hold, Some(&["hold_until"]))
+            .await,
+        &["conversation.hold_until"],
+    );
 
-    let hold = pb::Conversation { status: pb::Status::OnHold as i32, hold_until: Some(in_future(3600)), ..with_id(id) };
-    let held = app.update(&app.a.token, hold, Some(&["status", "hold_until"])).await.unwrap();
+    let hold = pb::Conversation {
+        status: pb::Status::OnHold as i32,
+        hold_until: Some(in_future(3600)),
+        ..with_id(id)
+    };
+    let held = app
+        .update(&app.a.token, hold, Some(&["status", "hold_until"]))
+        .await
+        .unwrap();
     assert!(held.hold_until.is_some());
 
-    let close = pb::Conversation { status: pb::Status::Closed as i32, ..with_id(id) };
-    let closed = app.update(&app.a.token, close, Some(&["status"])).await.unwrap();
+    let close = pb::Conversation {
+        status: pb::Status::Closed as i32,
+        ..with_id(id)
+    };
+    let closed = app
+        .update(&app.a.token, close, Some(&["status"]))
+        .await
+        .unwrap();
     assert_eq!(closed.hold_until, None, "leaving ON_HOLD clears hold_until");
-    assert_eq!(closed.closed_at, closed.updated_at, "becoming CLOSED stamps closed_at");
+    assert_eq!(
+        closed.closed_at, closed.updated_at,
+        "becoming CLOSED stamps closed_at"
+    );
 
-    let priority = pb::Conversation { priority: pb::Priority::Low as i32, ..with_id(id) };
-    let still_closed = app.update(&app.a.token, priority, Some(&["priority"])).await.unwrap();
-    assert_eq!(still_closed.closed_at, closed.closed_at, "closed_at moves only when status does");
+    let priority = pb::Conversation {
+        priority: pb::Priority::Low as i32,
+        ..with_id(id)
+    };
+    let still_closed = app
+        .update(&app.a.token, priority, Some(&["priority"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        still_closed.closed_at, closed.closed_at,
+        "closed_at moves only when status does"
+    );
 
-    let reopen = pb::Conversation { status: pb::Status::Open as i32, ..with_id(id) };
-    assert_eq!(app.update(&app.a.token, reopen, Some(&["status"])).await.unwrap().closed_at, None);
+    let reopen = pb::Conversation {
+        status: pb::Status::Open as i32,
+        ..with_id(id)
+    };
+    assert_eq!(
+        app.update(&app.a.token, reopen, Some(&["status"]))
+            .await
+            .unwrap()
+            .closed_at,
+        None
+    );
 }
 
 #[tokio::test]
 async fn an_expired_hold_does_not_block_updates_of_other_fields() {
     let app = TestApp::spawn().await;
-    let sent = pb::Conversation { status: pb::Status::OnHold as i32, hold_until: Some(in_future(1)), ..email(&app.a) };
+    let sent = pb::Conversation {
+        status: pb::Status::OnHold as i32,
+        hold_until: Some(in_future(1)),
+        ..email(&app.a)
+    };
     let created = app.create(&app.a.token, sent).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let priority = pb::Conversation { priority: pb::Priority::High as i32, ..with_id(&created.id) };
-    let updated = app.update(&app.a.token, priority, Some(&["priority"])).await.unwrap();
+    let priority = pb::Conversation {
+        priority: pb::Priority::High as i32,
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(&app.a.token, priority, Some(&["priority"]))
+        .await
+        .unwrap();
     assert_eq!(updated.status, pb::Status::OnHold as i32);
 }
 
@@ -329,8 +549,14 @@ async fn message_times_earliest_and_latest_win() {
     let earlier = created.first_response_at.unwrap().seconds - 10;
     let later = created.last_message_at.unwrap().seconds + 10;
     let sent = pb::Conversation {
-        first_response_at: Some(prost_types::Timestamp { seconds: earlier, nanos: 0 }),
-        last_message_at: Some(prost_types::Timestamp { seconds: later, nanos: 0 }),
+        first_response_at: Some(prost_types::Timestamp {
+            seconds: earlier,
+            nanos: 0,
+        }),
+        last_message_at: Some(prost_types::Timestamp {
+            seconds: later,
+            nanos: 0,
+        }),
         ..with_id(&created.id)
     };
     let mask: &[&str] = &["first_response_at", "last_message_at"];
@@ -339,27 +565,65 @@ async fn message_times_earliest_and_latest_win() {
     assert_eq!(updated.last_message_at.unwrap().seconds, later);
 
     let backwards = pb::Conversation {
-        first_response_at: Some(prost_types::Timestamp { seconds: earlier + 5, nanos: 0 }),
-        last_message_at: Some(prost_types::Timestamp { seconds: later - 5, nanos: 0 }),
+        first_response_at: Some(prost_types::Timestamp {
+            seconds: earlier + 5,
+            nanos: 0,
+        }),
+        last_message_at: Some(prost_types::Timestamp {
+            seconds: later - 5,
+            nanos: 0,
+        }),
         ..with_id(&created.id)
     };
-    let unchanged = app.update(&app.a.token, backwards, Some(mask)).await.unwrap();
-    assert_eq!(unchanged, updated, "a later first response and an earlier last message change nothing");
+    let unchanged = app
+        .update(&app.a.token, backwards, Some(mask))
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged, updated,
+        "a later first response and an earlier last message change nothing"
+    );
 }
 
 #[tokio::test]
 async fn unknown_and_foreign_ids_are_the_same_not_found() {
     let app = TestApp::spawn().await;
     let theirs = app.create(&app.b.token, email(&app.b)).await.unwrap();
-    let sent = pb::Conversation { subject: Some("mine now".into()), ..with_id(&theirs.id) };
-    let foreign = assert_code(app.update(&app.a.token, sent.clone(), Some(&["subject"])).await, Code::NotFound, "CONVERSATION_NOT_FOUND");
-    let unknown = pb::Conversation { id: Uuid::new_v4().to_string(), ..sent };
-    let missing = assert_code(app.update(&app.a.token, unknown, Some(&["subject"])).await, Code::NotFound, "CONVERSATION_NOT_FOUND");
+    let sent = pb::Conversation {
+        subject: Some("mine now".into()),
+        ..with_id(&theirs.id)
+    };
+    let foreign = assert_code(
+        app.update(&app.a.token, sent.clone(), Some(&["subject"]))
+            .await,
+        Code::NotFound,
+        "CONVERSATION_NOT_FOUND",
+    );
+    let unknown = pb::Conversation {
+        id: Uuid::new_v4().to_string(),
+        ..sent
+    };
+    let missing = assert_code(
+        app.update(&app.a.token, unknown, Some(&["subject"])).await,
+        Code::NotFound,
+        "CONVERSATION_NOT_FOUND",
+    );
     assert_eq!(foreign.message(), missing.message());
-    assert_eq!(app.get(&app.b.token, &theirs.id).await.unwrap(), theirs, "B's conversation is untouched");
+    assert_eq!(
+        app.get(&app.b.token, &theirs.id).await.unwrap(),
+        theirs,
+        "B's conversation is untouched"
+    );
 
-    let malformed = pb::Conversation { subject: Some("x".into()), ..with_id("nope") };
-    assert_invalid(app.update(&app.a.token, malformed, Some(&["subject"])).await, &["conversation.id"]);
+    let malformed = pb::Conversation {
+        subject: Some("x".into()),
+        ..with_id("nope")
+    };
+    assert_invalid(
+        app.update(&app.a.token, malformed, Some(&["subject"]))
+            .await,
+        &["conversation.id"],
+    );
 }
 
 #[tokio::test]
@@ -376,15 +640,50 @@ async fn concurrent_updates_of_different_fields_all_survive() {
                 attributes: [(key.clone(), format!("v{i}"))].into(),
                 ..with_id(&id)
             };
-            app.update(&app.a.token, sent, Some(&[format!("attributes.{key}").as_str()])).await
+            app.update(
+                &app.a.token,
+                sent,
+                Some(&[format!("attributes.{key}").as_str()]),
+            )
+            .await
         }));
     }
     let single_fields: Vec<(pb::Conversation, &str)> = vec![
-        (pb::Conversation { subject: Some("s".into()), ..with_id(&created.id) }, "subject"),
-        (pb::Conversation { priority: pb::Priority::Urgent as i32, ..with_id(&created.id) }, "priority"),
-        (pb::Conversation { tags: vec!["x".into()], ..with_id(&created.id) }, "tags"),
-        (pb::Conversation { is_spam: true, ..with_id(&created.id) }, "is_spam"),
-        (pb::Conversation { spam_score: Some(0.5), ..with_id(&created.id) }, "spam_score"),
+        (
+            pb::Conversation {
+                subject: Some("s".into()),
+                ..with_id(&created.id)
+            },
+            "subject",
+        ),
+        (
+            pb::Conversation {
+                priority: pb::Priority::Urgent as i32,
+                ..with_id(&created.id)
+            },
+            "priority",
+        ),
+        (
+            pb::Conversation {
+                tags: vec!["x".into()],
+                ..with_id(&created.id)
+            },
+            "tags",
+        ),
+        (
+            pb::Conversation {
+                is_spam: true,
+                ..with_id(&created.id)
+            },
+            "is_spam",
+        ),
+        (
+            pb::Conversation {
+                spam_score: Some(0.5),
+                ..with_id(&created.id)
+            },
+            "spam_score",
+        ),
         (
             pb::Conversation {
                 assignee_id: Some(app.a.user.to_string()),
@@ -397,7 +696,11 @@ async fn concurrent_updates_of_different_fields_all_survive() {
     for (sent, path) in single_fields {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            let mask: Vec<&str> = if path == "assignee" { vec!["assignee_id", "assignee_type"] } else { vec![path] };
+            let mask: Vec<&str> = if path == "assignee" {
+                vec!["assignee_id", "assignee_type"]
+            } else {
+                vec![path]
+            };
             app.update(&app.a.token, sent, Some(&mask)).await
         }));
     }
@@ -408,7 +711,11 @@ async fn concurrent_updates_of_different_fields_all_survive() {
 
     let stored = app.get(&app.a.token, &created.id).await.unwrap();
     for i in 0..40 {
-        assert_eq!(stored.attributes.get(&format!("k{i}")), Some(&format!("v{i}")), "attribute k{i} lost");
+        assert_eq!(
+            stored.attributes.get(&format!("k{i}")),
+            Some(&format!("v{i}")),
+            "attribute k{i} lost"
+        );
     }
     assert_eq!(stored.subject.as_deref(), Some("s"));
     assert_eq!(stored.priority, pb::Priority::Urgent as i32);
@@ -417,10 +724,16 @@ async fn concurrent_updates_of_different_fields_all_survive() {
     assert_eq!(stored.spam_score, Some(0.5));
     assert_eq!(stored.assignee_id, Some(app.a.user.to_string()));
     use sea_orm::EntityTrait;
-    let row = conversation_service::db::entity::conversation::Entity::find_by_id(Uuid::parse_str(&created.id).unwrap())
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.version, 1 + writes, "every write was applied exactly once");
+    let row = conversation_service::db::entity::conversation::Entity::find_by_id(
+        Uuid::parse_str(&created.id).unwrap(),
+    )
+    .one(&app.db)
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        row.version,
+        1 + writes,
+        "every write was applied exactly once"
+    );
 }

@@ -236,7 +236,9 @@ impl MigrationTrait for Migration {
                     .col(json_binary(Conversations::Attributes))
                     .col(boolean(Conversations::IsSpam))
                     .col(double_null(Conversations::SpamScore))
-                    .col(timestamp_with_time_zone_null(Conversations::FirstResponseAt))
+                    .col(timestamp_with_time_zone_null(
+                        Conversations::FirstResponseAt,
+                    ))
                     .col(timestamp_with_time_zone_null(Conversations::LastMessageAt))
                     .col(timestamp_with_time_zone_null(Conversations::ClosedAt))
                     .col(timestamp_with_time_zone(Conversations::CreatedAt))
@@ -244,7 +246,10 @@ impl MigrationTrait for Migration {
                     .col(big_integer(Conversations::Version))
                     .col(uuid_null(Conversations::RequestId))
                     .col(string_null(Conversations::RequestFingerprint))
-                    .foreign_key(&mut workspace_fk(Conversations::Table, Conversations::WorkspaceId))
+                    .foreign_key(&mut workspace_fk(
+                        Conversations::Table,
+                        Conversations::WorkspaceId,
+                    ))
                     .foreign_key(
                         ForeignKey::create()
                             .from(Conversations::Table, Conversations::CustomerId)
@@ -293,7 +298,9 @@ impl MigrationTrait for Migration {
             Users::Table.into_iden(),
             Workspaces::Table.into_iden(),
         ] {
-            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
         }
         Ok(())
     }

@@ -1,0 +1,25 @@
+# The README's commands. `make run` and `make test` need only the Rust
+# toolchain; anything else a check needs is installed under .tools/.
+
+.PHONY: run test lint proto-lint fmt clean-tools
+
+## Start the service on the embedded SQLite database with a demo workspace.
+run:
+	cargo run --locked -- serve --demo
+
+## Every test: rustfmt, buf lint, unit + integration on SQLite and PostgreSQL,
+## the Python polyglot client, and the demo's printed grpcurl call.
+test:
+	@bash scripts/test.sh
+
+## Static checks.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+	@bash -c 'cd proto && ../.tools/buf/node_modules/.bin/buf lint'
+
+fmt:
+	cargo fmt --all
+
+clean-tools:
+	rm -rf .tools
