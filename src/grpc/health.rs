@@ -20,14 +20,15 @@ pub async fn report(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Pings the database every `interval` (each ping bounded by the interval)
-/// and reports the result, until `stop` turns true.
+/// and reports changes, until `stop` turns true. The server reported SERVING
+/// before starting this watcher; Watch streams see only real changes.
 pub async fn watch_database(
     db: DatabaseConnection,
     reporter: HealthReporter,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last = None;
+    let mut last = Some(ServingStatus::Serving);
     loop {
         let healthy = matches!(tokio::time::timeout(interval, db.ping()).await, Ok(Ok(())));
         let status = if healthy {
