@@ -35,20 +35,62 @@ fn is_sqlx_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // PostgreSQL: class 08 connection exceptions, shutdown and
-            // start-up (57P01-57P03), too many connections (53300).
-            code.starts_with("08")
-                || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
-                // extended codes, after the busy timeout ran out.
-                || code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
-        }),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                is_sqlite_busy(&code)
+            } else {
+                is_postgres_unavailable(&code)
+            }
+        }
         _ => false,
     }
+}
+
+/// PostgreSQL SQLSTATEs that mean "not now" rather than "not this statement":
+/// class 08 (connection exception), shutdown and start-up (57P01-57P03), and
+/// too many connections (53300).
+fn is_postgres_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300")
+}
+
+/// SQLite result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
+/// extended codes: another writer still held the lock after the busy timeout.
+fn is_sqlite_busy(code: &str) -> bool {
+    code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
 }
 
 /// Whether a unique index refused the write (on either database).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_connection_trouble_is_unavailable() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(is_postgres_unavailable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn postgres_statement_errors_are_not_unavailable() {
+        // 22021: invalid byte in text; 42501: permission denied; 23505: unique.
+        for code in ["22021", "22022", "42501", "23505", "42P01"] {
+            assert!(!is_postgres_unavailable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn sqlite_busy_and_locked_are_unavailable_with_extended_codes() {
+        for code in ["5", "6", "517", "261", "262"] {
+            assert!(is_sqlite_busy(code), "{code}");
+        }
+        for code in ["19", "2067", "1", "11"] {
+            assert!(!is_sqlite_busy(code), "{code}");
+        }
+    }
 }

@@ -50,18 +50,18 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
     Database::connect(options).await
 }
 
-/// Applies pending migrations. On PostgreSQL an advisory lock makes replicas
-/// that start together take turns.
+/// Applies pending migrations in one transaction, so processes that start
+/// together take turns and a crash leaves no half-applied schema. SQLite's
+/// `BEGIN IMMEDIATE` serialises them by itself; PostgreSQL takes an advisory
+/// lock.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = begin_write(db).await?;
     if db.get_database_backend() == DbBackend::Postgres {
-        let txn = db.begin().await?;
         txn.execute_unprepared("SELECT pg_advisory_xact_lock(727274)")
             .await?;
-        migration::Migrator::up(&txn, None).await?;
-        txn.commit().await
-    } else {
-        migration::Migrator::up(db, None).await
     }
+    migration::Migrator::up(&txn, None).await?;
+    txn.commit().await
 }
 
 /// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`,
