@@ -14,6 +14,11 @@ use crate::domain::{Violations, auth::Ability};
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "conversation-service";
 
+/// At most this many violations go into one BadRequest. Details travel in a
+/// trailer, and gRPC clients refuse metadata past 8 to 16 KiB; a request with
+/// thousands of bad tags must still get its INVALID_ARGUMENT.
+pub const MAX_VIOLATIONS: usize = 25;
+
 /// Why a call was not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -76,13 +81,17 @@ impl From<Error> for Status {
         let reason = error.reason();
         let mut metadata = HashMap::new();
         let (code, message) = match &error {
-            Error::InvalidArgument(violations) => (
-                Code::InvalidArgument,
-                format!(
-                    "the request has {} invalid field(s); see the BadRequest details",
-                    violations.as_slice().len()
-                ),
-            ),
+            Error::InvalidArgument(violations) => {
+                let found = violations.as_slice().len();
+                let message = if found > MAX_VIOLATIONS {
+                    format!(
+                        "the request has {found} invalid field(s); the BadRequest details list the first {MAX_VIOLATIONS}"
+                    )
+                } else {
+                    format!("the request has {found} invalid field(s); see the BadRequest details")
+                };
+                (Code::InvalidArgument, message)
+            }
             Error::ConversationNotFound => (Code::NotFound, "conversation not found".to_owned()),
             Error::EtagMismatch => (
                 Code::Aborted,
@@ -124,7 +133,7 @@ impl From<Error> for Status {
         let mut details = ErrorDetails::new();
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
         if let Error::InvalidArgument(violations) = &error {
-            for violation in violations.as_slice() {
+            for violation in violations.as_slice().iter().take(MAX_VIOLATIONS) {
                 details.add_bad_request_violation(&violation.field, &violation.description);
             }
         }

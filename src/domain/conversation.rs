@@ -10,6 +10,7 @@ use super::fields::ConversationFields;
 
 /// The medium a customer wrote through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,
     Chat,
@@ -17,6 +18,7 @@ pub enum Channel {
 
 /// Where a conversation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     #[default]
     Open,
@@ -26,6 +28,7 @@ pub enum Status {
 
 /// How urgent a conversation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Priority {
     Low,
     #[default]
@@ -36,6 +39,7 @@ pub enum Priority {
 
 /// What an assignee id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AssigneeType {
     User,
     Agent,
@@ -43,6 +47,7 @@ pub enum AssigneeType {
 
 /// The two kinds of automated agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     Chat,
     Email,
@@ -91,20 +96,31 @@ impl Conversation {
 pub struct NewConversation {
     pub channel: Channel,
     pub customer_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub origin_agent_id: Option<Uuid>,
     pub fields: ConversationFields,
 }
 
 impl NewConversation {
     /// A digest of every writable field after normalisation: a retry with the
-    /// same `request_id` must carry the same digest (AIP-155).
+    /// same `request_id` must carry the same digest (AIP-155). It is stored,
+    /// so it must not change between versions of the service: fields at their
+    /// default are left out (a field added later does not change the digest
+    /// of requests that do not use it), enums use their stored words, and the
+    /// format is versioned.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        // serde_json writes struct fields in declaration order and BTreeMaps in
-        // key order, so equal requests give equal bytes.
-        let canonical = serde_json::to_vec(self).expect("a NewConversation always serialises");
-        let digest = Sha256::digest(&canonical);
+        let digest = Sha256::new()
+            .chain_update(b"fingerprint-v1\n")
+            .chain_update(self.canonical())
+            .finalize();
         digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// serde_json writes struct fields in declaration order and BTreeMaps in
+    /// key order, so equal requests give equal bytes.
+    fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a NewConversation always serialises")
     }
 }
 
@@ -134,3 +150,49 @@ stored_as_words! {
 
 /// Attributes are kept sorted by key.
 pub type Attributes = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> NewConversation {
+        NewConversation {
+            channel: Channel::Email,
+            customer_id: Uuid::nil(),
+            origin_agent_id: None,
+            fields: ConversationFields::default(),
+        }
+    }
+
+    #[test]
+    fn canonical_form_leaves_out_defaults() {
+        let canonical = String::from_utf8(minimal().canonical()).unwrap();
+        assert_eq!(
+            canonical,
+            r#"{"channel":"email","customer_id":"00000000-0000-0000-0000-000000000000","fields":{}}"#
+        );
+    }
+
+    #[test]
+    fn fingerprint_changes_with_any_written_value() {
+        let base = minimal().fingerprint();
+        let mut on_hold = minimal();
+        on_hold.fields.status = Status::OnHold;
+        let mut spam = minimal();
+        spam.fields.is_spam = true;
+        let mut chat = minimal();
+        chat.channel = Channel::Chat;
+        let mut tagged = minimal();
+        tagged.fields.tags = vec!["a".into()];
+        let digests = [
+            base.clone(),
+            on_hold.fingerprint(),
+            spam.fingerprint(),
+            chat.fingerprint(),
+            tagged.fingerprint(),
+        ];
+        let distinct: std::collections::HashSet<_> = digests.iter().collect();
+        assert_eq!(distinct.len(), digests.len());
+        assert_eq!(minimal().fingerprint(), base, "deterministic");
+    }
+}

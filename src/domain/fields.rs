@@ -8,6 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::conversation::{AssigneeType, Attributes, Priority, Status};
+use super::violation::excerpt;
 
 pub const SUBJECT_MAX_CHARS: usize = 500;
 pub const TAG_MAX_CHARS: usize = 100;
@@ -18,21 +19,38 @@ pub const ATTRIBUTE_VALUE_MAX_CHARS: usize = 2_000;
 
 /// Every field a caller may write, with defaults applied. A field that a
 /// request leaves unset holds its reset value here (null, OPEN, NORMAL, empty,
-/// false), which is what a masked but absent field becomes.
+/// false), which is what a masked but absent field becomes. Serialised only
+/// for the idempotency fingerprint, which leaves defaults out.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ConversationFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub status: Status,
+    #[serde(skip_serializing_if = "is_default")]
     pub priority: Priority,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub assignee_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub assignee_type: Option<AssigneeType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Attributes::is_empty")]
     pub attributes: Attributes,
+    #[serde(skip_serializing_if = "is_default")]
     pub is_spam: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spam_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_response_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message_at: Option<DateTime<Utc>>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 pub fn check_subject(subject: &str) -> Result<(), String> {
@@ -82,7 +100,8 @@ pub fn check_attribute_key(key: &str) -> Result<(), String> {
     let chars = key.chars().count();
     if chars == 0 || chars > ATTRIBUTE_KEY_MAX_CHARS {
         return Err(format!(
-            "attribute key `{key}` must be 1 to {ATTRIBUTE_KEY_MAX_CHARS} characters"
+            "attribute key `{}` must be 1 to {ATTRIBUTE_KEY_MAX_CHARS} characters",
+            excerpt(key)
         ));
     }
     Ok(())
@@ -93,7 +112,8 @@ pub fn check_attribute(key: &str, value: &str) -> Result<(), String> {
     let chars = value.chars().count();
     if chars > ATTRIBUTE_VALUE_MAX_CHARS {
         return Err(format!(
-            "the value of attribute `{key}` must be at most {ATTRIBUTE_VALUE_MAX_CHARS} characters, got {chars}"
+            "the value of attribute `{}` must be at most {ATTRIBUTE_VALUE_MAX_CHARS} characters, got {chars}",
+            excerpt(key)
         ));
     }
     Ok(())

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::violation::Violations;
+use super::violation::{Violations, excerpt};
 
 /// The request field that every mask violation names.
 pub const MASK_FIELD: &str = "update_mask";
@@ -109,7 +109,7 @@ impl Mask {
             match parse_path(raw) {
                 Ok(path) if !accepted.contains(&path) => accepted.push(path),
                 Ok(_) => {}
-                Err(why) => violations.add(MASK_FIELD, format!("path `{raw}`: {why}")),
+                Err(why) => violations.add(MASK_FIELD, format!("path `{}`: {why}", excerpt(raw))),
             }
         }
         let mask = if has_star {
@@ -138,13 +138,13 @@ fn parse_path(raw: &str) -> Result<FieldPath, String> {
         .split_first()
         .expect("split_segments never returns none");
     if OUTPUT_ONLY.contains(&head.as_str()) {
-        return Err(format!("`{head}` is output only"));
+        return Err(format!("`{}` is output only", excerpt(head)));
     }
     if IMMUTABLE.contains(&head.as_str()) {
-        return Err(format!("`{head}` is immutable"));
+        return Err(format!("`{}` is immutable", excerpt(head)));
     }
     let field = WritableField::from_name(head)
-        .ok_or_else(|| format!("`{head}` is not a field of Conversation"))?;
+        .ok_or_else(|| format!("`{}` is not a field of Conversation", excerpt(head)))?;
     match (field, rest) {
         (field, []) => Ok(FieldPath::Field(field)),
         (WritableField::Attributes, [key]) => {

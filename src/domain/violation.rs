@@ -1,6 +1,22 @@
 //! Field violations, collected so that a caller learns every problem with a
 //! request at once rather than one per round trip.
 
+/// A caller's value as quoted in a violation: escaped, and cut to 64
+/// characters so that error details stay far below gRPC metadata limits.
+pub fn excerpt(raw: &str) -> String {
+    const MAX: usize = 64;
+    let mut quoted: String = raw
+        .chars()
+        .take(MAX)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if raw.chars().nth(MAX).is_some() {
+        quoted.push('…');
+    }
+    quoted
+}
+
 /// One problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

@@ -16,6 +16,7 @@ use crate::domain::{
     fields::{check_attribute, check_subject, normalize_spam_score, normalize_tags},
     patch::ImmutableChecks,
     time::truncate_to_micros,
+    violation::excerpt,
 };
 use crate::error::Error;
 use crate::proto::v1 as pb;
@@ -126,7 +127,10 @@ fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>
     for (key, value) in &msg.attributes {
         let checked = check_attribute(key, value).and_then(|()| {
             if key.contains('\0') || value.contains('\0') {
-                Err(format!("attribute `{key}` must not contain NUL characters"))
+                Err(format!(
+                    "attribute `{}` must not contain NUL characters",
+                    excerpt(key)
+                ))
             } else {
                 Ok(())
             }
@@ -158,7 +162,7 @@ fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>
 }
 
 fn uuid(raw: &str) -> Result<Uuid, String> {
-    Uuid::try_parse(raw).map_err(|_| format!("`{}` is not a UUID", raw.escape_debug()))
+    Uuid::try_parse(raw).map_err(|_| format!("`{}` is not a UUID", excerpt(raw)))
 }
 
 /// The range protobuf allows a Timestamp: 0001-01-01 to 9999-12-31.

@@ -494,3 +494,40 @@ async fn nul_bytes_are_refused_not_stored() {
         &["conversation.subject", "conversation.attributes"],
     );
 }
+
+#[tokio::test]
+async fn huge_bad_input_still_gets_a_compact_invalid_argument() {
+    let app = TestApp::spawn().await;
+    let huge_id = pb::Conversation {
+        customer_id: "x".repeat(20_000),
+        ..email(&app.a)
+    };
+    let descriptions = assert_invalid(
+        app.create(&app.a.token, huge_id).await,
+        &["conversation.customer_id"],
+    );
+    assert!(
+        descriptions[0].len() < 200,
+        "the value is quoted in short: {}",
+        descriptions[0].len()
+    );
+
+    let many_bad_tags = pb::Conversation {
+        tags: vec![String::new(); 5_000],
+        ..email(&app.a)
+    };
+    let status = app
+        .create(&app.a.token, many_bad_tags)
+        .await
+        .expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("5000"), "{}", status.message());
+    use tonic_types::StatusExt;
+    let violations = status
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .len();
+    assert_eq!(violations, conversation_service::error::MAX_VIOLATIONS);
+}
