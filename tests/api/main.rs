@@ -6,5 +6,7 @@ mod helpers;
 mod auth;
 mod cli;
 mod create;
+mod logs;
+mod replicas;
 mod serving;
 mod update;

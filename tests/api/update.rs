@@ -737,3 +737,154 @@ async fn concurrent_updates_of_different_fields_all_survive() {
         "every write was applied exactly once"
     );
 }
+
+#[tokio::test]
+async fn the_attribute_cap_holds_for_key_paths_too() {
+    let app = TestApp::spawn().await;
+    let sent = pb::Conversation {
+        attributes: (0..100)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect(),
+        ..email(&app.a)
+    };
+    let created = app.create(&app.a.token, sent).await.unwrap();
+    let one_more = pb::Conversation {
+        attributes: [("k100".to_string(), "v".to_string())].into(),
+        ..with_id(&created.id)
+    };
+    let result = app
+        .update(&app.a.token, one_more.clone(), Some(&["attributes.k100"]))
+        .await;
+    assert_invalid(result, &["conversation.attributes"]);
+    // Replacing one key keeps the count at 100.
+    let replace = pb::Conversation {
+        attributes: [("k100".to_string(), "v".to_string())].into(),
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(
+            &app.a.token,
+            replace,
+            Some(&["attributes.k0", "attributes.k100"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.attributes.len(), 100);
+}
+
+#[tokio::test]
+async fn attribute_values_are_checked_only_for_written_keys() {
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let sent = pb::Conversation {
+        attributes: [
+            ("good".to_string(), "v".to_string()),
+            ("bad".to_string(), "x".repeat(2001)),
+        ]
+        .into(),
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(&app.a.token, sent.clone(), Some(&["attributes.good"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.attributes.get("good").map(String::as_str),
+        Some("v")
+    );
+    assert!(!updated.attributes.contains_key("bad"));
+    let result = app
+        .update(&app.a.token, sent, Some(&["attributes.bad"]))
+        .await;
+    assert_invalid(result, &["conversation.attributes"]);
+}
+
+#[tokio::test]
+async fn one_assignment_field_alone_is_checked_against_the_stored_other() {
+    let app = TestApp::spawn().await;
+    let created = full(&app).await; // assigned to app.a.user (USER)
+    let second_user = conversation_service::db::directory::create_user(
+        &app.db,
+        app.a.id,
+        "second@example.com",
+        None,
+    )
+    .await
+    .unwrap();
+    // A new id alone keeps the stored USER type, and must be a user.
+    let to = |id: Uuid| pb::Conversation {
+        assignee_id: Some(id.to_string()),
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(&app.a.token, to(second_user), Some(&["assignee_id"]))
+        .await
+        .unwrap();
+    assert_eq!(updated.assignee_id, Some(second_user.to_string()));
+    assert_eq!(updated.assignee_type, pb::AssigneeType::User as i32);
+    assert_invalid(
+        app.update(&app.a.token, to(app.a.email_agent), Some(&["assignee_id"]))
+            .await,
+        &["conversation.assignee_id"],
+    );
+    // A type alone must fit the stored id: a user is no agent.
+    let agent = pb::Conversation {
+        assignee_type: pb::AssigneeType::Agent as i32,
+        ..with_id(&created.id)
+    };
+    assert_invalid(
+        app.update(&app.a.token, agent, Some(&["assignee_type"]))
+            .await,
+        &["conversation.assignee_id"],
+    );
+}
+
+#[tokio::test]
+async fn hold_rules_on_update_of_a_held_conversation() {
+    let app = TestApp::spawn().await;
+    let sent = pb::Conversation {
+        status: pb::Status::OnHold as i32,
+        hold_until: Some(in_future(600)),
+        ..email(&app.a)
+    };
+    let created = app.create(&app.a.token, sent).await.unwrap();
+    // Clearing hold_until while staying ON_HOLD is refused.
+    let result = app
+        .update(&app.a.token, with_id(&created.id), Some(&["hold_until"]))
+        .await;
+    assert_invalid(result, &["conversation.hold_until"]);
+    // Moving it into the past is refused.
+    let past = pb::Conversation {
+        hold_until: Some(in_future(-1)),
+        ..with_id(&created.id)
+    };
+    assert_invalid(
+        app.update(&app.a.token, past, Some(&["hold_until"])).await,
+        &["conversation.hold_until"],
+    );
+    // Moving it later is fine.
+    let later = pb::Conversation {
+        hold_until: Some(in_future(1200)),
+        ..with_id(&created.id)
+    };
+    let updated = app
+        .update(&app.a.token, later, Some(&["hold_until"]))
+        .await
+        .unwrap();
+    assert!(updated.hold_until.unwrap().seconds > created.hold_until.unwrap().seconds);
+}
+
+#[tokio::test]
+async fn no_mask_accepts_immutable_fields_equal_to_the_stored_ones() {
+    let app = TestApp::spawn().await;
+    let created = app.create(&app.a.token, chat(&app.a)).await.unwrap();
+    let sent = pb::Conversation {
+        channel: created.channel,
+        customer_id: created.customer_id.clone(),
+        origin_agent_id: created.origin_agent_id.clone(),
+        subject: Some("same immutables".into()),
+        ..with_id(&created.id)
+    };
+    let updated = app.update(&app.a.token, sent, None).await.unwrap();
+    assert_eq!(updated.subject.as_deref(), Some("same immutables"));
+}
