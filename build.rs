@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Deterministic order for attributes: responses are stable and the
         // idempotency fingerprint never depends on hash order.
         .btree_map(".helpdesk.v1.Conversation.attributes")
+        // Malformed requests become INVALID_ARGUMENT instead of INTERNAL.
+        .codec_path("crate::grpc::codec::StrictCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

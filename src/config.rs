@@ -106,6 +106,30 @@ pub struct ServeArgs {
     /// How often the database is pinged to report health.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_check_interval: Duration,
+
+    /// Calls running at once; one more is shed at once with
+    /// RESOURCE_EXHAUSTED rather than queued. Health and reflection are exempt.
+    #[arg(long, env = "CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency_limit: u32,
+
+    /// Longest a call may run before it is answered DEADLINE_EXCEEDED (its
+    /// transaction rolls back).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest request message accepted, in bytes; a larger one is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_size: usize,
+
+    /// How often an idle HTTP/2 connection is pinged.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is
+    /// closed.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]

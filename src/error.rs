@@ -30,6 +30,26 @@ pub enum AuthFailure {
     Invalid,
 }
 
+/// A call refused before or around its handler: by admission control, by
+/// tonic's transport, or by the codec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// More calls in progress than `--concurrency-limit`.
+    Overloaded,
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// The handler ran past `--request-timeout`.
+    RequestTimeout,
+    /// The request is larger than `--max-message-size` (tonic's message).
+    MessageTooLarge(String),
+    /// The request is not valid protobuf (the decoder's message).
+    MalformedMessage(String),
+    /// No such method on this server.
+    UnknownMethod,
+    /// The caller's deadline passed or it cancelled the call.
+    Cancelled,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {0:?}")]
@@ -44,6 +64,8 @@ pub enum Error {
     Unauthenticated(AuthFailure),
     #[error("token lacks the {0} ability")]
     AbilityMissing(Ability),
+    #[error("call rejected: {0:?}")]
+    Rejected(Rejection),
     /// The database did not answer; the text is for the log only.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -70,6 +92,13 @@ impl Error {
             Error::Unauthenticated(AuthFailure::Malformed) => "TOKEN_MALFORMED",
             Error::Unauthenticated(AuthFailure::Invalid) => "TOKEN_INVALID",
             Error::AbilityMissing(_) => "ABILITY_MISSING",
+            Error::Rejected(Rejection::Overloaded) => "OVERLOADED",
+            Error::Rejected(Rejection::ShuttingDown) => "SHUTTING_DOWN",
+            Error::Rejected(Rejection::RequestTimeout) => "REQUEST_TIMEOUT",
+            Error::Rejected(Rejection::MessageTooLarge(_)) => "MESSAGE_TOO_LARGE",
+            Error::Rejected(Rejection::MalformedMessage(_)) => "MALFORMED_MESSAGE",
+            Error::Rejected(Rejection::UnknownMethod) => "UNKNOWN_METHOD",
+            Error::Rejected(Rejection::Cancelled) => "CANCELLED",
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -118,6 +147,27 @@ impl From<Error> for Status {
                     format!("the token lacks the {ability} ability"),
                 )
             }
+            Error::Rejected(rejection) => match rejection {
+                Rejection::Overloaded => (
+                    Code::ResourceExhausted,
+                    "the server is at its concurrency limit; retry with backoff".to_owned(),
+                ),
+                Rejection::ShuttingDown => (
+                    Code::Unavailable,
+                    "the server is shutting down; retry on another replica".to_owned(),
+                ),
+                Rejection::RequestTimeout => (
+                    Code::DeadlineExceeded,
+                    "the call ran past the server's request timeout".to_owned(),
+                ),
+                Rejection::MessageTooLarge(detail) => (Code::ResourceExhausted, detail.clone()),
+                Rejection::MalformedMessage(detail) => (
+                    Code::InvalidArgument,
+                    format!("the request is not a valid protobuf message: {detail}"),
+                ),
+                Rejection::UnknownMethod => (Code::Unimplemented, "no such method".to_owned()),
+                Rejection::Cancelled => (Code::Cancelled, "the call was cancelled".to_owned()),
+            },
             Error::Unavailable(context) => {
                 tracing::warn!(error = %context, "database unavailable");
                 (

@@ -120,6 +120,11 @@ async fn run_server(db: DatabaseConnection, args: ServeArgs) -> anyhow::Result<(
         shutdown_grace: args.shutdown_grace,
         token_refresh_interval: args.token_refresh_interval,
         health_check_interval: args.health_check_interval,
+        concurrency_limit: args.concurrency_limit as usize,
+        request_timeout: args.request_timeout,
+        max_message_size: args.max_message_size,
+        http2_keepalive_interval: args.http2_keepalive_interval,
+        http2_keepalive_timeout: args.http2_keepalive_timeout,
     };
     serve(db, settings, listener, shutdown_signal()).await
 }

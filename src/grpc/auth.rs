@@ -58,7 +58,7 @@ impl TokenTable {
     }
 
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AuthFailure> {
-        let token = bearer_token(metadata).ok_or(AuthFailure::Missing)?;
+        let token = bearer_token(metadata)?;
         if !is_well_formed(token) {
             return Err(AuthFailure::Malformed);
         }
@@ -70,10 +70,15 @@ impl TokenTable {
     }
 }
 
-fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The token of an `authorization: Bearer <token>` header. A header that is
+/// there but is not a bearer token (or not ASCII) is malformed, not missing.
+fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthFailure> {
+    let value = metadata.get("authorization").ok_or(AuthFailure::Missing)?;
+    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(AuthFailure::Malformed),
+    }
 }
 
 /// The interceptor in front of ConversationService. It stores the caller's
@@ -133,10 +138,17 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token(&metadata("Bearer abc")), Some("abc"));
-        assert_eq!(bearer_token(&metadata("bearer abc")), Some("abc"));
-        assert_eq!(bearer_token(&metadata("Basic abc")), None);
-        assert_eq!(bearer_token(&MetadataMap::new()), None);
+        assert_eq!(bearer_token(&metadata("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&metadata("bearer abc")), Ok("abc"));
+        assert_eq!(
+            bearer_token(&metadata("Basic abc")),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            bearer_token(&metadata("Bearer")),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(bearer_token(&MetadataMap::new()), Err(AuthFailure::Missing));
     }
 
     #[test]

@@ -7,11 +7,12 @@ use std::{future::Future, time::Duration};
 use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{codegen::http, transport::Server};
+use tonic::{codegen::http, service::interceptor::InterceptedService, transport::Server};
 use tonic_health::ServingStatus;
 use uuid::Uuid;
 
 use super::{
+    admission::{Admission, AdmissionLayer},
     auth::{Authenticator, TokenTable},
     health,
     service::ConversationApi,
@@ -30,6 +31,16 @@ pub struct ServeSettings {
     pub token_refresh_interval: Duration,
     /// How often the database is pinged for health.
     pub health_check_interval: Duration,
+    /// Calls running at once before more are shed with RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    /// Longest a call may run before it is answered DEADLINE_EXCEEDED.
+    pub request_timeout: Duration,
+    /// Largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// HTTP/2 PING interval on idle connections, and how long to wait for the
+    /// answer before closing the connection.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
 }
 
 impl Default for ServeSettings {
@@ -38,6 +49,11 @@ impl Default for ServeSettings {
             shutdown_grace: Duration::from_secs(10),
             token_refresh_interval: Duration::from_secs(1),
             health_check_interval: Duration::from_secs(1),
+            concurrency_limit: 1024,
+            request_timeout: Duration::from_secs(30),
+            max_message_size: 4 * 1024 * 1024,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -80,17 +96,21 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     // Only ConversationService is behind the interceptor: health and
     // reflection stay open.
-    let conversations = ConversationServiceServer::with_interceptor(
-        ConversationApi::new(db),
+    let conversations = InterceptedService::new(
+        ConversationServiceServer::new(ConversationApi::new(db))
+            .max_decoding_message_size(settings.max_message_size),
         Authenticator::new(tokens),
     );
+    let admission = Admission::new(settings.concurrency_limit, settings.request_timeout);
 
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let reporter = reporter.clone();
+        let admission = admission.clone();
         async move {
             shutdown.await;
             tracing::info!("shutdown started; health NOT_SERVING");
+            admission.begin_shutdown();
             let _ = stop_tx.send(true);
             health::report(&reporter, ServingStatus::NotServing).await;
             let _ = began_tx.send(());
@@ -98,7 +118,11 @@ pub async fn serve(
     };
     let local_addr = listener.local_addr()?;
     let server = Server::builder()
+        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
+        .tcp_keepalive(Some(settings.http2_keepalive_interval))
         .trace_fn(call_span)
+        .layer(AdmissionLayer(admission))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -41,6 +41,7 @@ pub struct TestApp {
     pub a: Workspace,
     /// Another tenant, for cross-workspace tests.
     pub b: Workspace,
+    settings: ServeSettings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -51,6 +52,7 @@ pub fn settings() -> ServeSettings {
         shutdown_grace: Duration::from_secs(2),
         token_refresh_interval: Duration::from_millis(100),
         health_check_interval: Duration::from_millis(200),
+        ..ServeSettings::default()
     }
 }
 
@@ -125,6 +127,10 @@ pub async fn seed_workspace(db: &DatabaseConnection, name: &str) -> Workspace {
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        Self::spawn_with(settings()).await
+    }
+
+    pub async fn spawn_with(settings: ServeSettings) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let database_url = fresh_database_url(&dir).await;
         let db = connect(&database_url).await;
@@ -136,6 +142,7 @@ impl TestApp {
             database_url,
             a,
             b,
+            settings,
             shutdown: None,
             server: None,
             _dir: dir,
@@ -149,9 +156,14 @@ impl TestApp {
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let db = connect(&self.database_url).await;
-        self.server = Some(tokio::spawn(serve(db, settings(), listener, async {
-            let _ = rx.await;
-        })));
+        self.server = Some(tokio::spawn(serve(
+            db,
+            self.settings.clone(),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        )));
         self.shutdown = Some(tx);
     }
 

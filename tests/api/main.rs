@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod cli;
 mod create;
+mod hostile;
 mod logs;
 mod replicas;
 mod serving;

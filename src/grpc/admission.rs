@@ -1,0 +1,195 @@
+//! Admission control in front of every service but health and reflection:
+//!
+//! - **Load shedding.** At most `concurrency_limit` calls run at once; one
+//!   more is refused at once with RESOURCE_EXHAUSTED (reason `OVERLOADED`)
+//!   instead of waiting in a queue (tonic's own `concurrency_limit` queues
+//!   without bound).
+//! - **Request timeout.** A call still running after `request_timeout` is
+//!   answered DEADLINE_EXCEEDED (reason `REQUEST_TIMEOUT`); its transaction
+//!   rolls back. (tonic answers a caller's own `grpc-timeout` with CANCELLED;
+//!   the caller has by then seen DEADLINE_EXCEEDED from its own timer.)
+//! - **Shutdown.** Once shutdown has begun, a call that still arrives on an
+//!   open connection is refused with UNAVAILABLE (reason `SHUTTING_DOWN`).
+//! - **ErrorInfo on every error.** tonic answers some calls itself (unknown
+//!   method, message over the size limit, deadline passed) with a bare
+//!   status; those get an ErrorInfo too, so every error carries a reason.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::sync::Semaphore;
+use tonic::{Code, Status, body::Body, codegen::http};
+use tower::{Layer, Service};
+
+use crate::error::{Error, Rejection};
+
+/// Paths that are never shed, timed out or refused: probes must keep
+/// answering under overload and during shutdown.
+const EXEMPT_PREFIXES: [&str; 3] = [
+    "/grpc.health.v1.",
+    "/grpc.reflection.v1.",
+    "/grpc.reflection.v1alpha.",
+];
+
+/// Shared state of the layer; the server flips `shutting_down`.
+#[derive(Debug)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    request_timeout: Duration,
+    shutting_down: AtomicBool,
+}
+
+impl Admission {
+    pub fn new(concurrency_limit: usize, request_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(concurrency_limit)),
+            request_timeout,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+pub struct AdmissionLayer(pub Arc<Admission>);
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = AdmissionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdmissionService {
+            inner,
+            admission: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdmissionService<S> {
+    inner: S,
+    admission: Arc<Admission>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for AdmissionService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The clone takes the place of the service that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path();
+        if EXEMPT_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
+            return Box::pin(inner.call(request));
+        }
+        if self.admission.shutting_down.load(Ordering::SeqCst) {
+            return reject(Rejection::ShuttingDown);
+        }
+        let Ok(permit) = self.admission.permits.clone().try_acquire_owned() else {
+            tracing::warn!("concurrency limit reached; shedding a call");
+            return reject(Rejection::Overloaded);
+        };
+        let timeout = self.admission.request_timeout;
+        Box::pin(async move {
+            let _permit = permit;
+            match tokio::time::timeout(timeout, inner.call(request)).await {
+                Ok(result) => result.map(with_error_info),
+                Err(_) => {
+                    tracing::warn!(?timeout, "call ran past the request timeout");
+                    Ok(rejection_response(Rejection::RequestTimeout))
+                }
+            }
+        })
+    }
+}
+
+fn reject<E: Send + 'static>(rejection: Rejection) -> BoxFuture<Result<http::Response<Body>, E>> {
+    Box::pin(std::future::ready(Ok(rejection_response(rejection))))
+}
+
+fn rejection_response(rejection: Rejection) -> http::Response<Body> {
+    Status::from(Error::Rejected(rejection)).into_http()
+}
+
+/// An error answered in the headers (a trailers-only response) without
+/// details came from tonic itself, not from a handler: give it an ErrorInfo.
+fn with_error_info(response: http::Response<Body>) -> http::Response<Body> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() == Code::Ok || !status.details().is_empty() {
+        return response;
+    }
+    let rejection = match status.code() {
+        // Handlers never answer OUT_OF_RANGE; tonic does, for a message over
+        // the size limit. RESOURCE_EXHAUSTED is what other gRPC stacks say.
+        Code::OutOfRange => Rejection::MessageTooLarge(status.message().to_owned()),
+        Code::Unimplemented => Rejection::UnknownMethod,
+        Code::Cancelled | Code::DeadlineExceeded => Rejection::Cancelled,
+        _ => return response,
+    };
+    rejection_response(rejection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    #[test]
+    fn bare_transport_errors_get_an_error_info() {
+        let bare =
+            Status::out_of_range("Error, decoded message length too large").into_http::<Body>();
+        let mapped = Status::from_header_map(with_error_info(bare).headers()).unwrap();
+        assert_eq!(mapped.code(), Code::ResourceExhausted);
+        assert_eq!(
+            mapped.get_error_details().error_info().unwrap().reason,
+            "MESSAGE_TOO_LARGE"
+        );
+
+        let unknown = Status::unimplemented("").into_http::<Body>();
+        let mapped = Status::from_header_map(with_error_info(unknown).headers()).unwrap();
+        assert_eq!(
+            mapped.get_error_details().error_info().unwrap().reason,
+            "UNKNOWN_METHOD"
+        );
+    }
+
+    #[test]
+    fn handler_errors_keep_their_details() {
+        let handler = Status::from(Error::ConversationNotFound).into_http::<Body>();
+        let kept = Status::from_header_map(with_error_info(handler).headers()).unwrap();
+        assert_eq!(kept.code(), Code::NotFound);
+        assert_eq!(
+            kept.get_error_details().error_info().unwrap().reason,
+            "CONVERSATION_NOT_FOUND"
+        );
+    }
+}
