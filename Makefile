@@ -1,7 +1,7 @@
 # The README's commands. `make run` and `make test` need only the Rust
 # toolchain; anything else a check needs is installed under .tools/.
 
-.PHONY: run test lint proto-lint fmt clean-tools
+.PHONY: run test lint fmt fuzz reliability clean-tools
 
 ## Start the service on the embedded SQLite database with a demo workspace.
 run:
@@ -11,6 +11,11 @@ run:
 ## the Python polyglot client, and the demo's printed grpcurl call.
 test:
 	@bash scripts/test.sh
+
+## Property tests with many cases (make test runs them with proptest's default 256).
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --locked --release --test properties
 
 ## Static checks.
 lint:
