@@ -40,6 +40,8 @@ pub enum Rejection {
     ShuttingDown,
     /// The handler ran past `--request-timeout`.
     RequestTimeout,
+    /// The handler ran past the caller's own deadline (`grpc-timeout`).
+    CallerDeadline,
     /// The request is larger than `--max-message-size` (tonic's message).
     MessageTooLarge(String),
     /// The request is not valid protobuf (the decoder's message).
@@ -95,6 +97,7 @@ impl Error {
             Error::Rejected(Rejection::Overloaded) => "OVERLOADED",
             Error::Rejected(Rejection::ShuttingDown) => "SHUTTING_DOWN",
             Error::Rejected(Rejection::RequestTimeout) => "REQUEST_TIMEOUT",
+            Error::Rejected(Rejection::CallerDeadline) => "DEADLINE_EXCEEDED",
             Error::Rejected(Rejection::MessageTooLarge(_)) => "MESSAGE_TOO_LARGE",
             Error::Rejected(Rejection::MalformedMessage(_)) => "MALFORMED_MESSAGE",
             Error::Rejected(Rejection::UnknownMethod) => "UNKNOWN_METHOD",
@@ -159,6 +162,10 @@ impl From<Error> for Status {
                 Rejection::RequestTimeout => (
                     Code::DeadlineExceeded,
                     "the call ran past the server's request timeout".to_owned(),
+                ),
+                Rejection::CallerDeadline => (
+                    Code::DeadlineExceeded,
+                    "the call ran past the caller's deadline".to_owned(),
                 ),
                 Rejection::MessageTooLarge(detail) => (Code::ResourceExhausted, detail.clone()),
                 Rejection::MalformedMessage(detail) => (

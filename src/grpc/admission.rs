@@ -4,10 +4,12 @@
 //!   more is refused at once with RESOURCE_EXHAUSTED (reason `OVERLOADED`)
 //!   instead of waiting in a queue (tonic's own `concurrency_limit` queues
 //!   without bound).
-//! - **Request timeout.** A call still running after `request_timeout` is
-//!   answered DEADLINE_EXCEEDED (reason `REQUEST_TIMEOUT`); its transaction
-//!   rolls back. (tonic answers a caller's own `grpc-timeout` with CANCELLED;
-//!   the caller has by then seen DEADLINE_EXCEEDED from its own timer.)
+//! - **Deadlines.** A call still running after `request_timeout`, or after
+//!   the caller's own deadline (`grpc-timeout`), is answered
+//!   DEADLINE_EXCEEDED (reason `REQUEST_TIMEOUT` or `DEADLINE_EXCEEDED`); its
+//!   transaction rolls back. The caller's deadline is honoured 1 ms early,
+//!   so that this answer, the gRPC convention, wins over tonic's own timer,
+//!   which would answer CANCELLED.
 //! - **Shutdown.** Once shutdown has begun, a call that still arrives on an
 //!   open connection is refused with UNAVAILABLE (reason `SHUTTING_DOWN`).
 //! - **ErrorInfo on every error.** tonic answers some calls itself (unknown
@@ -116,18 +118,44 @@ where
             tracing::warn!("concurrency limit reached; shedding a call");
             return reject(Rejection::Overloaded);
         };
-        let timeout = self.admission.request_timeout;
+        let (timeout, expired) = match caller_timeout(request.headers()) {
+            Some(deadline) if deadline < self.admission.request_timeout => (
+                deadline.saturating_sub(Duration::from_millis(1)),
+                Rejection::CallerDeadline,
+            ),
+            _ => (self.admission.request_timeout, Rejection::RequestTimeout),
+        };
         Box::pin(async move {
             let _permit = permit;
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(result) => result.map(with_error_info),
                 Err(_) => {
-                    tracing::warn!(?timeout, "call ran past the request timeout");
-                    Ok(rejection_response(Rejection::RequestTimeout))
+                    tracing::warn!(?timeout, reason = ?expired, "call ran past its deadline");
+                    Ok(rejection_response(expired))
                 }
             }
         })
     }
+}
+
+/// The caller's deadline, from `grpc-timeout`: up to 8 digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`), as the gRPC HTTP/2 protocol defines it.
+fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn reject<E: Send + 'static>(rejection: Rejection) -> BoxFuture<Result<http::Response<Body>, E>> {
@@ -180,6 +208,23 @@ mod tests {
             mapped.get_error_details().error_info().unwrap().reason,
             "UNKNOWN_METHOD"
         );
+    }
+
+    #[test]
+    fn grpc_timeout_values() {
+        let parse = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            caller_timeout(&headers)
+        };
+        assert_eq!(parse("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(caller_timeout(&http::HeaderMap::new()), None);
     }
 
     #[test]
