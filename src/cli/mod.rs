@@ -13,7 +13,7 @@ use crate::config::{
     AgentCommand, AgentKindArg, Command, Config, CustomerCommand, ServeArgs, TokenCommand,
     UserCommand, WorkspaceCommand,
 };
-use crate::db::{self, directory, error::is_unique_violation, token::TokenRef};
+use crate::db::{self, DbSettings, directory, error::is_unique_violation, token::TokenRef};
 use crate::domain::AgentKind;
 use crate::grpc::server::{ServeSettings, serve};
 
@@ -22,8 +22,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot connect to the database")?;
     db::migrate(&db).await.context("cannot apply migrations")?;
+    let db_settings = config.db_settings();
     match config.command {
-        Command::Serve(args) => run_server(db, args).await,
+        Command::Serve(args) => run_server(db, db_settings, args).await,
         Command::Migrate => Ok(()),
         Command::Workspace(WorkspaceCommand::Create { name }) => {
             let name = required_text("--name", &name)?;
@@ -106,7 +107,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn run_server(db: DatabaseConnection, args: ServeArgs) -> anyhow::Result<()> {
+async fn run_server(
+    db: DatabaseConnection,
+    db_settings: DbSettings,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -126,7 +131,9 @@ async fn run_server(db: DatabaseConnection, args: ServeArgs) -> anyhow::Result<(
         http2_keepalive_interval: args.http2_keepalive_interval,
         http2_keepalive_timeout: args.http2_keepalive_timeout,
     };
-    serve(db, settings, listener, shutdown_signal()).await
+    // The server opens its own pools; this one was for migrations and the demo.
+    db.close().await?;
+    serve(&db_settings, settings, listener, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -4,7 +4,6 @@
 
 use std::{future::Future, time::Duration};
 
-use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{codegen::http, service::interceptor::InterceptedService, transport::Server};
@@ -17,6 +16,7 @@ use super::{
     health,
     service::ConversationApi,
 };
+use crate::db::{self, DbSettings};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, v1::conversation_service_server::ConversationServiceServer,
 };
@@ -58,14 +58,32 @@ impl Default for ServeSettings {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then drains for at most
-/// the grace period.
+/// Serves on `listener` until `shutdown` completes, then shuts down within
+/// the grace period:
+///
+/// 1. health turns NOT_SERVING and every new call is answered UNAVAILABLE
+///    (`SHUTTING_DOWN`) while connections stay open, for a quarter of the
+///    grace period (at most 1 s), so that clients and load balancers move on
+///    without a connection reset under a call;
+/// 2. then GOAWAY: calls in flight finish, connections close;
+/// 3. when the grace period is over, whatever is still open (a health Watch
+///    never ends by itself) is closed and `serve` returns.
+///
+/// It opens its own pools: one for the calls, and a one-connection pool for
+/// the health probe, so that a pool busy with calls never reads as a
+/// database that is down.
 pub async fn serve(
-    db: DatabaseConnection,
+    database: &DbSettings,
     settings: ServeSettings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let db = db::connect(database).await?;
+    let probe = db::connect(&DbSettings {
+        max_connections: 1,
+        ..database.clone()
+    })
+    .await?;
     let tokens = TokenTable::load(&db).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let refresher = tokio::spawn(tokens.clone().refresh(
@@ -77,7 +95,7 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::report(&reporter, ServingStatus::Serving).await;
     let watcher = tokio::spawn(health::watch_database(
-        db.clone(),
+        probe,
         reporter.clone(),
         settings.health_check_interval,
         stop_rx,
@@ -104,6 +122,7 @@ pub async fn serve(
     let admission = Admission::new(settings.concurrency_limit, settings.request_timeout);
 
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = (settings.shutdown_grace / 4).min(Duration::from_secs(1));
     let signal = {
         let reporter = reporter.clone();
         let admission = admission.clone();
@@ -114,6 +133,8 @@ pub async fn serve(
             let _ = stop_tx.send(true);
             health::report(&reporter, ServingStatus::NotServing).await;
             let _ = began_tx.send(());
+            tokio::time::sleep(drain).await;
+            tracing::info!("closing connections (GOAWAY)");
         }
     };
     let local_addr = listener.local_addr()?;

@@ -78,14 +78,18 @@ pub async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
     }
 }
 
-pub async fn connect(url: &str) -> DatabaseConnection {
-    let db = db::connect(&DbSettings {
+pub fn db_settings(url: &str) -> DbSettings {
+    DbSettings {
         url: url.to_owned(),
         max_connections: 8,
         acquire_timeout: Duration::from_secs(10),
-    })
-    .await
-    .expect("connect to the test database");
+    }
+}
+
+pub async fn connect(url: &str) -> DatabaseConnection {
+    let db = db::connect(&db_settings(url))
+        .await
+        .expect("connect to the test database");
     db::migrate(&db).await.expect("migrate the test database");
     db
 }
@@ -155,15 +159,14 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let db = connect(&self.database_url).await;
-        self.server = Some(tokio::spawn(serve(
-            db,
-            self.settings.clone(),
-            listener,
-            async {
+        let database = db_settings(&self.database_url);
+        let settings = self.settings.clone();
+        self.server = Some(tokio::spawn(async move {
+            serve(&database, settings, listener, async {
                 let _ = rx.await;
-            },
-        )));
+            })
+            .await
+        }));
         self.shutdown = Some(tx);
     }
 

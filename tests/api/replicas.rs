@@ -20,14 +20,13 @@ async fn replica(app: &TestApp) -> Replica {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        connect(&app.database_url).await,
-        settings(),
-        listener,
-        async {
+    let database = db_settings(&app.database_url);
+    tokio::spawn(async move {
+        serve(&database, settings(), listener, async {
             let _ = stopped.await;
-        },
-    ));
+        })
+        .await
+    });
     Replica { addr, _stop: stop }
 }
 

@@ -16,14 +16,13 @@ async fn shutdown_turns_health_not_serving_and_exits_despite_an_open_watch() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut settings = settings();
     settings.shutdown_grace = Duration::from_secs(1);
-    let server = tokio::spawn(serve(
-        connect(&app.database_url).await,
-        settings,
-        listener,
-        async {
+    let database = db_settings(&app.database_url);
+    let server = tokio::spawn(async move {
+        serve(&database, settings, listener, async {
             let _ = rx.await;
-        },
-    ));
+        })
+        .await
+    });
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
