@@ -17,6 +17,10 @@ FUZZ_CASES ?= 100000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --locked --release --test properties
 
+## The reliability suite with long settings (make test runs it short).
+reliability:
+	RELIABILITY_UPDATES=50000 RELIABILITY_KEYS=5000 bash scripts/reliability.sh
+
 ## Static checks.
 lint:
 	cargo fmt --all -- --check

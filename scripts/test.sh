@@ -58,14 +58,22 @@ else
   skip "buf lint: buf could not be installed from npm (@bufbuild/buf)"
 fi
 
-step "cargo test on SQLite (unit + integration)"
-cargo_test "cargo test (SQLite)" cargo test --locked
+step "cargo test on SQLite (unit, integration, properties)"
+cargo_test "cargo test (SQLite)" cargo test --locked --lib --bins --test api --test properties
 
 step "integration tests on PostgreSQL"
 if pg_url=$(scripts/postgres-test-db.sh); then
   cargo_test "cargo test (PostgreSQL)" env TEST_POSTGRES_URL="$pg_url" cargo test --locked --test api
 else
   skip "PostgreSQL suite: no PostgreSQL server could be started (see the message above)"
+fi
+
+step "reliability suite (short settings; one test at a time)"
+if [ -n "${pg_url:-}" ]; then
+  cargo_test "reliability" scripts/reliability.sh
+else
+  skip "reliability tests on PostgreSQL (replicas, outage, faults): no PostgreSQL"
+  cargo_test "reliability (SQLite only)" scripts/reliability.sh
 fi
 
 step "Python venv for the polyglot and demo checks"
