@@ -9,6 +9,7 @@ use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -247,5 +248,175 @@ async fn health_and_reflection_need_no_token() {
     assert!(
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
+    );
+}
+
+/// For every RPC and every field that references another resource, an id of
+/// workspace B answers exactly like an id that exists nowhere.
+#[tokio::test]
+async fn every_reference_to_another_workspace_reads_as_missing() {
+    let app = TestApp::spawn().await;
+    let theirs = app.create(&app.b.token, chat(&app.b)).await.unwrap();
+    let mine = app.create_email().await;
+    let my_chat = app.create(&app.a.token, chat(&app.a)).await.unwrap();
+    let unknown = Uuid::new_v4();
+
+    // (what, the call with B's id, the same call with an unknown id)
+    type Call<'a> = Box<
+        dyn Fn(
+                String,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = Result<pb::Conversation, tonic::Status>> + 'a>,
+            > + 'a,
+    >;
+    let cases: Vec<(&str, String, Call)> = vec![
+        (
+            "Get id",
+            theirs.id.clone(),
+            Box::new(|id| {
+                let app = &app;
+                Box::pin(async move { app.get(&app.a.token, &id).await })
+            }),
+        ),
+        (
+            "Update id",
+            theirs.id.clone(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    subject: Some("x".into()),
+                    ..with_id(&id)
+                };
+                Box::pin(app.update(&app.a.token, sent, Some(&["subject"])))
+            }),
+        ),
+        (
+            "Create customer_id",
+            app.b.customer.to_string(),
+            Box::new(|id| {
+                Box::pin(app.create(
+                    &app.a.token,
+                    pb::Conversation {
+                        customer_id: id,
+                        ..email(&app.a)
+                    },
+                ))
+            }),
+        ),
+        (
+            "Create user assignee",
+            app.b.user.to_string(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    assignee_id: Some(id),
+                    assignee_type: pb::AssigneeType::User as i32,
+                    ..email(&app.a)
+                };
+                Box::pin(app.create(&app.a.token, sent))
+            }),
+        ),
+        (
+            "Create email agent assignee",
+            app.b.email_agent.to_string(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    assignee_id: Some(id),
+                    assignee_type: pb::AssigneeType::Agent as i32,
+                    ..email(&app.a)
+                };
+                Box::pin(app.create(&app.a.token, sent))
+            }),
+        ),
+        (
+            "Create origin_agent_id",
+            app.b.chat_agent.to_string(),
+            Box::new(|id| {
+                Box::pin(app.create(
+                    &app.a.token,
+                    pb::Conversation {
+                        origin_agent_id: Some(id),
+                        ..chat(&app.a)
+                    },
+                ))
+            }),
+        ),
+        (
+            "Create chat agent assignee as origin",
+            app.b.chat_agent.to_string(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    origin_agent_id: None,
+                    assignee_id: Some(id),
+                    assignee_type: pb::AssigneeType::Agent as i32,
+                    ..chat(&app.a)
+                };
+                Box::pin(app.create(&app.a.token, sent))
+            }),
+        ),
+        (
+            "Update user assignee",
+            app.b.user.to_string(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    assignee_id: Some(id),
+                    assignee_type: pb::AssigneeType::User as i32,
+                    ..with_id(&mine.id)
+                };
+                Box::pin(app.update(&app.a.token, sent, Some(&["assignee_id", "assignee_type"])))
+            }),
+        ),
+        (
+            "Update email agent assignee",
+            app.b.email_agent.to_string(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    assignee_id: Some(id),
+                    assignee_type: pb::AssigneeType::Agent as i32,
+                    ..with_id(&mine.id)
+                };
+                Box::pin(app.update(&app.a.token, sent, Some(&["assignee_id", "assignee_type"])))
+            }),
+        ),
+        (
+            "Update chat agent assignee",
+            app.b.chat_agent.to_string(),
+            Box::new(|id| {
+                let sent = pb::Conversation {
+                    assignee_id: Some(id),
+                    assignee_type: pb::AssigneeType::Agent as i32,
+                    ..with_id(&my_chat.id)
+                };
+                Box::pin(app.update(&app.a.token, sent, Some(&["assignee_id", "assignee_type"])))
+            }),
+        ),
+    ];
+    for (what, foreign_id, call) in &cases {
+        let foreign = call(foreign_id.clone()).await.expect_err(what);
+        let missing = call(unknown.to_string()).await.expect_err(what);
+        assert_ne!(foreign.code(), Code::Ok);
+        assert_eq!(foreign.code(), missing.code(), "{what}");
+        assert_eq!(foreign.message(), missing.message(), "{what}");
+        let details = |s: &tonic::Status| {
+            let d = s.get_error_details();
+            let violations: Vec<(String, String)> = d
+                .bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|v| (v.field.clone(), v.description.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (d.error_info().map(|i| i.reason.clone()), violations)
+        };
+        assert_eq!(
+            details(&foreign),
+            details(&missing),
+            "{what}: B's id must read as an unknown one"
+        );
+    }
+    assert_eq!(
+        app.get(&app.b.token, &theirs.id).await.unwrap(),
+        theirs,
+        "B's data is untouched"
     );
 }
