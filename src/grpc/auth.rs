@@ -10,6 +10,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use sea_orm::{DatabaseConnection, DbErr};
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
 
@@ -17,11 +18,15 @@ use crate::db;
 use crate::domain::auth::{Ability, Principal, is_well_formed, token_hash};
 use crate::error::{AuthFailure, Error};
 
-/// Verified tokens, keyed by hash.
+/// Verified tokens. They are found by the first 16 hex digits of their
+/// SHA-256 (not secret on their own), and the whole digest is then compared
+/// in constant time.
 #[derive(Clone, Default)]
 pub struct TokenTable {
-    principals: Arc<ArcSwap<HashMap<String, Principal>>>,
+    principals: Arc<ArcSwap<HashMap<String, Vec<(String, Principal)>>>>,
 }
+
+const LOOKUP_PREFIX: usize = 16;
 
 impl TokenTable {
     /// Loads the table once; the server refuses to start without it.
@@ -32,8 +37,14 @@ impl TokenTable {
     }
 
     async fn reload(&self, db: &DatabaseConnection) -> Result<(), DbErr> {
-        let principals = db::token::active_principals(db).await?;
-        self.principals.store(Arc::new(principals));
+        let mut table: HashMap<String, Vec<(String, Principal)>> = HashMap::new();
+        for (hash, principal) in db::token::active_principals(db).await? {
+            table
+                .entry(hash[..LOOKUP_PREFIX].to_owned())
+                .or_default()
+                .push((hash, principal));
+        }
+        self.principals.store(Arc::new(table));
         Ok(())
     }
 
@@ -62,10 +73,15 @@ impl TokenTable {
         if !is_well_formed(token) {
             return Err(AuthFailure::Malformed);
         }
-        self.principals
-            .load()
-            .get(&token_hash(token))
-            .copied()
+        let hash = token_hash(token);
+        let table = self.principals.load();
+        let candidates = table
+            .get(&hash[..LOOKUP_PREFIX])
+            .ok_or(AuthFailure::Invalid)?;
+        candidates
+            .iter()
+            .find(|(stored, _)| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())))
+            .map(|(_, principal)| *principal)
             .ok_or(AuthFailure::Invalid)
     }
 }
