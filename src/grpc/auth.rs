@@ -23,8 +23,11 @@ use crate::error::{AuthFailure, Error};
 /// in constant time.
 #[derive(Clone, Default)]
 pub struct TokenTable {
-    principals: Arc<ArcSwap<HashMap<String, Vec<(String, Principal)>>>>,
+    principals: Arc<ArcSwap<HashMap<String, Candidates>>>,
 }
+
+/// The tokens whose digests share a lookup prefix: (full digest, principal).
+type Candidates = Vec<(String, Principal)>;
 
 const LOOKUP_PREFIX: usize = 16;
 
@@ -37,7 +40,7 @@ impl TokenTable {
     }
 
     async fn reload(&self, db: &DatabaseConnection) -> Result<(), DbErr> {
-        let mut table: HashMap<String, Vec<(String, Principal)>> = HashMap::new();
+        let mut table: HashMap<String, Candidates> = HashMap::new();
         for (hash, principal) in db::token::active_principals(db).await? {
             table
                 .entry(hash[..LOOKUP_PREFIX].to_owned())
