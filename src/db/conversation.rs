@@ -239,7 +239,7 @@ fn to_model(c: &Conversation) -> Model {
     }
 }
 
-fn to_domain(row: Model) -> Result<Conversation, Error> {
+pub(super) fn to_domain(row: Model) -> Result<Conversation, Error> {
     fn word<T>(parsed: Option<T>, column: &str, value: &str) -> Result<T, Error> {
         parsed.ok_or_else(|| Error::Internal(format!("unknown {column} `{value}` in storage")))
     }

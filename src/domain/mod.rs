@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod conversation;
 pub mod fields;
+pub mod list;
 pub mod mask;
 pub mod patch;
 pub mod rules;

@@ -14,6 +14,7 @@ use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, FieldPath, Mask,
     NewConversation, Priority, Status, Violations, WritableField,
     fields::{check_attribute, check_subject, normalize_spam_score, normalize_tags},
+    list::{self, Cursor, Filter, Order, PageToken},
     patch::ImmutableChecks,
     time::truncate_to_micros,
     violation::excerpt,
@@ -369,6 +370,44 @@ fn populated_paths(
         }
     }
     (paths, checks)
+}
+
+/// A ListConversations request, validated.
+pub struct ListQuery {
+    pub filter: Filter,
+    pub order: Order,
+    pub after: Option<Cursor>,
+    pub page_size: u32,
+}
+
+pub fn list_request(request: &pb::ListConversationsRequest) -> Result<ListQuery, Error> {
+    let mut violations = Violations::new();
+    let page_size = list::page_size(request.page_size)
+        .map_err(|why| violations.add("page_size", why))
+        .ok();
+    let filter = Filter::parse(&request.filter)
+        .map_err(|why| violations.add("filter", why))
+        .ok();
+    let order = Order::parse(&request.order_by)
+        .map_err(|why| violations.add("order_by", why))
+        .ok();
+    let after = match (&filter, order, request.page_token.as_str()) {
+        (_, _, "") => None,
+        (Some(filter), Some(order), token) => PageToken::decode(token, filter, order)
+            .map_err(|why| violations.add("page_token", why))
+            .ok(),
+        // The token is checked once the filter and order it is bound to parse.
+        _ => None,
+    };
+    match (filter, order, page_size) {
+        (Some(filter), Some(order), Some(page_size)) if violations.is_empty() => Ok(ListQuery {
+            filter,
+            order,
+            after,
+            page_size,
+        }),
+        _ => Err(violations.into()),
+    }
 }
 
 /// Parses the id of a Get request.

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::auth::authorize;
 use super::convert::{self, UpdateCommand};
 use crate::db;
-use crate::domain::auth::Ability;
+use crate::domain::{auth::Ability, list::PageToken};
 use crate::proto::v1::{self as pb, conversation_service_server::ConversationService};
 
 pub struct ConversationApi {
@@ -57,6 +57,35 @@ impl ConversationService for ConversationApi {
         .await?;
         Ok(Response::new(pb::UpdateConversationResponse {
             conversation: Some(convert::conversation_to_proto(&conversation)),
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let principal = authorize(&request, Ability::Read)?;
+        let query = convert::list_request(request.get_ref())?;
+        let page = db::list::list(
+            &self.db,
+            principal.workspace_id,
+            &query.filter,
+            query.order,
+            query.after,
+            query.page_size,
+        )
+        .await?;
+        let next_page_token = page
+            .next
+            .map(|cursor| PageToken::new(cursor, &query.filter, query.order).encode())
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListConversationsResponse {
+            conversations: page
+                .conversations
+                .iter()
+                .map(convert::conversation_to_proto)
+                .collect(),
+            next_page_token,
         }))
     }
 

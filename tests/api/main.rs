@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod create;
 mod hostile;
+mod list;
 mod logs;
 mod replicas;
 mod serving;
