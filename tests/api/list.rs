@@ -270,7 +270,8 @@ async fn filters_match_exactly_what_they_say() {
         at.with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap())
             .to_rfc3339()
     };
-    let cases: Vec<(String, Box<dyn Fn(&pb::Conversation) -> bool>)> = vec![
+    type Matches = Box<dyn Fn(&pb::Conversation) -> bool>;
+    let cases: Vec<(String, Matches)> = vec![
         (
             "status = STATUS_CLOSED".into(),
             Box::new(|c| c.status == pb::Status::Closed as i32),
