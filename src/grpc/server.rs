@@ -5,8 +5,11 @@
 use std::{future::Future, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{codegen::http, service::interceptor::InterceptedService, transport::Server};
+use tonic::{
+    codegen::http,
+    service::interceptor::InterceptedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 use uuid::Uuid;
 
@@ -138,17 +141,22 @@ pub async fn serve(
         }
     };
     let local_addr = listener.local_addr()?;
+    // tonic applies its own tcp_nodelay and TCP keepalive only to listeners
+    // it binds; this one was handed in. Without TCP_NODELAY a response of
+    // more than one segment waits out the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(settings.http2_keepalive_interval));
     let server = Server::builder()
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
-        .tcp_keepalive(Some(settings.http2_keepalive_interval))
         .trace_fn(call_span)
         .layer(AdmissionLayer(admission))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(conversations)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%local_addr, "serving");
 
     // tonic's graceful shutdown waits for every open stream, and a health
