@@ -1,7 +1,7 @@
 # The README's commands. `make run` and `make test` need only the Rust
 # toolchain; anything else a check needs is installed under .tools/.
 
-.PHONY: run test lint fmt fuzz reliability clean-tools
+.PHONY: run test lint fmt fuzz reliability bench clean-tools
 
 ## Start the service on the embedded SQLite database with a demo workspace.
 run:
@@ -20,6 +20,10 @@ fuzz:
 ## The reliability suite with long settings (make test runs it short).
 reliability:
 	RELIABILITY_UPDATES=50000 RELIABILITY_KEYS=5000 bash scripts/reliability.sh
+
+## The service against PostgreSQL running the same statements (BENCH_QUICK=1: short).
+bench:
+	bash scripts/bench.sh
 
 ## Static checks.
 lint:

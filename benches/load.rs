@@ -1,0 +1,248 @@
+//! The load generator of `make bench`: N concurrent callers for T seconds of
+//! one operation against a running service, through the generated tonic
+//! client. It prints one JSON line: operation, calls, errors, RPC/s, p50 and
+//! p99 in milliseconds.
+//!
+//! Settings (scripts/bench.sh sets them): BENCH_ADDR, BENCH_TOKEN,
+//! BENCH_CUSTOMER, BENCH_OP (create | update | get | list_first | list_deep),
+//! BENCH_CONCURRENCY, BENCH_SECONDS (or BENCH_MILLIS), BENCH_ROWS (how many seeded rows exist;
+//! row n has id md5(n)), BENCH_DEEP_PAGE (default 1000).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use conversation_service::proto::v1::{
+    self as pb, conversation_service_client::ConversationServiceClient,
+};
+use prost_types::FieldMask;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tonic::{Request, transport::Channel};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The id of seeded row `n`, as scripts/bench.sh inserts it: md5(n::text)
+/// read as a UUID, which pgbench can compute too.
+fn seeded_id(n: u64) -> String {
+    let digest = format!("{:x}", md5::compute(n.to_string().as_bytes()));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &digest[0..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    )
+}
+
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[derive(Clone)]
+struct Setup {
+    token: Arc<String>,
+    customer: Arc<String>,
+    rows: u64,
+    deep_token: Arc<String>,
+}
+
+/// The page token of page `page` (1-based) of the default listing.
+async fn deep_token(
+    client: &mut ConversationServiceClient<Channel>,
+    token: &str,
+    page: u64,
+) -> String {
+    let mut page_token = String::new();
+    for _ in 1..page {
+        let request = pb::ListConversationsRequest {
+            page_size: 50,
+            page_token,
+            ..Default::default()
+        };
+        page_token = client
+            .list_conversations(authed(token, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .next_page_token;
+        assert!(!page_token.is_empty(), "fewer than {page} pages");
+    }
+    page_token
+}
+
+#[tokio::main]
+async fn main() {
+    let addr = env("BENCH_ADDR");
+    let op = env("BENCH_OP");
+    let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
+    let millis = env_or("BENCH_MILLIS", env_or("BENCH_SECONDS", 10) * 1000);
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ConversationServiceClient::new(channel.clone());
+    let token = env("BENCH_TOKEN");
+    let setup = Setup {
+        deep_token: Arc::new(if op == "list_deep" {
+            deep_token(&mut client, &token, env_or("BENCH_DEEP_PAGE", 1000)).await
+        } else {
+            String::new()
+        }),
+        token: Arc::new(token),
+        customer: Arc::new(env("BENCH_CUSTOMER")),
+        rows: env_or("BENCH_ROWS", 1),
+    };
+
+    let deadline = Instant::now() + Duration::from_millis(millis);
+    let mut tasks = Vec::new();
+    for caller in 0..concurrency {
+        // One connection per caller, as independent clients would have.
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (setup, op) = (setup.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = ConversationServiceClient::new(channel);
+            let mut rng = StdRng::seed_from_u64(caller as u64);
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            // Update: each caller owns one seeded conversation and carries its etag.
+            let own = seeded_id(caller as u64 + 1);
+            let mut etag = String::new();
+            if op == "update" {
+                let request = pb::GetConversationRequest { id: own.clone() };
+                etag = client
+                    .get_conversation(authed(&setup.token, request))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .conversation
+                    .unwrap()
+                    .etag;
+            }
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let started = Instant::now();
+                let ok = match op.as_str() {
+                    "create" => {
+                        let conversation = pb::Conversation {
+                            channel: pb::Channel::Email as i32,
+                            customer_id: setup.customer.to_string(),
+                            subject: Some(format!("bench {caller}-{n}")),
+                            ..Default::default()
+                        };
+                        let request = pb::CreateConversationRequest {
+                            conversation: Some(conversation),
+                            request_id: String::new(),
+                        };
+                        client
+                            .create_conversation(authed(&setup.token, request))
+                            .await
+                            .is_ok()
+                    }
+                    "update" => {
+                        let conversation = pb::Conversation {
+                            id: own.clone(),
+                            subject: Some(format!("bench {caller}-{n}")),
+                            priority: 1 + (n % 4) as i32,
+                            etag: etag.clone(),
+                            ..Default::default()
+                        };
+                        let mask = FieldMask {
+                            paths: vec!["subject".into(), "priority".into()],
+                        };
+                        let request = pb::UpdateConversationRequest {
+                            conversation: Some(conversation),
+                            update_mask: Some(mask),
+                        };
+                        match client
+                            .update_conversation(authed(&setup.token, request))
+                            .await
+                        {
+                            Ok(response) => {
+                                etag = response.into_inner().conversation.unwrap().etag;
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    "get" => {
+                        let request = pb::GetConversationRequest {
+                            id: seeded_id(rng.random_range(1..=setup.rows)),
+                        };
+                        client
+                            .get_conversation(authed(&setup.token, request))
+                            .await
+                            .is_ok()
+                    }
+                    "list_first" => {
+                        let request = pb::ListConversationsRequest {
+                            page_size: 50,
+                            ..Default::default()
+                        };
+                        client
+                            .list_conversations(authed(&setup.token, request))
+                            .await
+                            .is_ok_and(|r| r.get_ref().conversations.len() == 50)
+                    }
+                    "list_deep" => {
+                        let request = pb::ListConversationsRequest {
+                            page_size: 50,
+                            page_token: setup.deep_token.to_string(),
+                            ..Default::default()
+                        };
+                        client
+                            .list_conversations(authed(&setup.token, request))
+                            .await
+                            .is_ok_and(|r| r.get_ref().conversations.len() == 50)
+                    }
+                    other => panic!("unknown BENCH_OP {other}"),
+                };
+                latencies.push(started.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let started = Instant::now();
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await.unwrap();
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(millis as f64 / 1000.0);
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        r#"{{"op": "{op}", "calls": {}, "errors": {errors}, "rps": {:.1}, "p50_ms": {:.3}, "p99_ms": {:.3}}}"#,
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99)
+    );
+}

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# make bench: the service against PostgreSQL running the same statements.
+#
+#  1. A fresh database with BENCH_ROWS conversations (1,000,000; 100,000
+#     with BENCH_QUICK=1), row n having id md5(n), and a release build.
+#  2. Capture: each operation runs briefly with log_statement=all; the
+#     statements the service sent become the pgbench scripts
+#     (scripts/bench_sql.py), so both sides run the very same SQL,
+#     transaction statements included.
+#  3. For each operation: the Rust load generator (benches/load.rs) through
+#     the service, then pgbench -M prepared with the generated script, at the
+#     same concurrency for the same time. CPU comes from /proc: the service
+#     process, and PostgreSQL's postmaster (with its reaped children) plus
+#     its live backends.
+#  4. A table on stdout and target/bench/latest.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then rows_default=100000; seconds_default=3; else rows_default=1000000; seconds_default=8; fi
+ROWS=${BENCH_ROWS:-$rows_default}
+SECONDS_PER_OP=${BENCH_SECONDS:-$seconds_default}
+CONCURRENCY=${BENCH_CONCURRENCY:-32}
+OPS=(get list_first list_deep update create)
+OUT=$PWD/target/bench
+mkdir -p "$OUT"
+work=$(mktemp -d)
+trap 'kill "${server_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+say "PostgreSQL"
+admin_url=$(scripts/postgres-test-db.sh)
+read -r pg_version pg_cluster _ _ _ pg_data pg_log < <(pg_lsclusters --no-header | head -1)
+export PGPASSWORD=conversation_test PGHOST=127.0.0.1 PGUSER=conversation_test
+db=cs_bench
+psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+url="${admin_url%/*}/$db"
+as_postgres() { su - postgres -c "psql -qAtX -d $db -c \"$1\""; }
+
+say "release build"
+cargo build --locked --release --bin conversation-service >&2
+cargo bench --locked --bench load --no-run >&2 2>&1 | tail -1 >&2
+BIN=target/release/conversation-service
+load() { cargo bench --locked --bench load -q 2>/dev/null; }
+
+say "seeding $ROWS conversations"
+export DATABASE_URL=$url LOG_FILTER=warn
+$BIN migrate
+ws=$($BIN workspace create --name Bench)
+customer=$($BIN customer create --workspace "$ws" --email bench@example.com)
+token=$($BIN token issue --workspace "$ws" --abilities external-api:read,external-api:write)
+psql -qAtX -d $db -c "INSERT INTO conversations (id, workspace_id, channel, customer_id, status, priority, tags, attributes, is_spam, created_at, updated_at, version)
+  SELECT md5(n::text)::uuid, '$ws', 'email', '$customer', 'open', 'normal', '[]'::jsonb, '{}'::jsonb, false,
+         now() - n * interval '1 second', now() - n * interval '1 second', 1
+  FROM generate_series(1, $ROWS) AS n" -c "VACUUM ANALYZE conversations"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_server() {
+  LISTEN_ADDR=127.0.0.1:$port CONCURRENCY_LIMIT=100000 DATABASE_MAX_CONNECTIONS=$CONCURRENCY $BIN serve 2>"$OUT/server.log" &
+  server_pid=$!
+  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.1; done
+  echo "the service did not start" >&2; exit 1
+}
+export BENCH_ADDR=127.0.0.1:$port BENCH_TOKEN=$token BENCH_CUSTOMER=$customer BENCH_ROWS=$ROWS
+
+say "capturing the service's statements"
+as_postgres "ALTER DATABASE $db SET log_statement = 'all'"
+start_server
+log_start=$(stat -c %s "$pg_log")
+for op in "${OPS[@]}"; do
+  psql -qAtX -d $db -c "SELECT 'bench-op:$op'" >/dev/null
+  BENCH_OP=$op BENCH_CONCURRENCY=1 BENCH_MILLIS=200 load >/dev/null
+done
+sleep 0.5
+tail -c +$((log_start + 1)) "$pg_log" | grep "@$db " > "$work/capture.log"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+as_postgres "ALTER DATABASE $db RESET log_statement"
+python3 scripts/bench_sql.py "$work/capture.log" "$work" "$ROWS" "$ws" > "$OUT/statements.json"
+for op in "${OPS[@]}"; do cp "$work/$op.sql" "$OUT/pgbench-$op.sql"; done
+
+# CPU ticks of one process (utime + stime), and of PostgreSQL as a whole.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+pg_ticks() {
+  local master total=0
+  master=$(head -1 "$pg_data/postmaster.pid")
+  total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$master/stat")
+  for child in $(pgrep -P "$master"); do total=$((total + $(ticks "$child" 2>/dev/null || echo 0))); done
+  echo "$total"
+}
+
+say "measuring: $CONCURRENCY callers, ${SECONDS_PER_OP}s per operation"
+start_server
+results="$OUT/results.jsonl"; : > "$results"
+for op in "${OPS[@]}"; do
+  s0=$(ticks "$server_pid"); p0=$(pg_ticks)
+  service=$(BENCH_OP=$op BENCH_CONCURRENCY=$CONCURRENCY BENCH_SECONDS=$SECONDS_PER_OP load)
+  s1=$(ticks "$server_pid"); p1=$(pg_ticks)
+  (cd "$work" && rm -f pgbench_log.* && pgbench -h 127.0.0.1 -n -M prepared -c "$CONCURRENCY" -j 2 -T "$SECONDS_PER_OP" -l -f "$op.sql" $db > pgbench.out 2>&1) || { cat "$work/pgbench.out" >&2; exit 1; }
+  p2=$(pg_ticks)
+  python3 - "$op" "$service" "$work" "$((s1 - s0))" "$((p1 - p0))" "$((p2 - p1))" "$OUT/statements.json" >> "$results" <<'PY'
+import glob, json, re, sys, os
+op, service, work, svc_ticks, pg_svc_ticks, pg_bench_ticks, statements = sys.argv[1:8]
+service = json.loads(service)
+hz = os.sysconf("SC_CLK_TCK")
+out = open(f"{work}/pgbench.out").read()
+tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+lat = sorted(int(l.split()[2]) for f in glob.glob(f"{work}/pgbench_log.*") for l in open(f))
+pct = lambda p: lat[min(int(len(lat) * p), len(lat) - 1)] / 1000.0
+per_call = json.load(open(statements))[op]["count"]
+tx = len(lat)
+print(json.dumps({
+    "op": op,
+    "service_rps": service["rps"], "service_p50_ms": service["p50_ms"], "service_p99_ms": service["p99_ms"],
+    "service_errors": service["errors"],
+    "pgbench_tps": tps, "pgbench_p50_ms": pct(0.5), "pgbench_p99_ms": pct(0.99),
+    "ratio": round(service["rps"] / tps, 3) if tps else None,
+    "statements_per_call": per_call,
+    "service_cpu_us_per_request": round(int(svc_ticks) * 1e6 / hz / max(service["calls"], 1), 1),
+    "postgres_cpu_us_per_statement": round(int(pg_bench_ticks) * 1e6 / hz / max(tx * per_call, 1), 1),
+    "postgres_cpu_us_per_statement_under_service": round(int(pg_svc_ticks) * 1e6 / hz / max(service["calls"] * per_call, 1), 1),
+}))
+PY
+  say "$op done"
+done
+
+say "peak RSS at 256 callers"
+BENCH_OP=get BENCH_CONCURRENCY=256 BENCH_SECONDS=$SECONDS_PER_OP load > "$OUT/rss-run.json"
+rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
+
+python3 - "$results" "$rss_kib" "$ROWS" "$CONCURRENCY" "$SECONDS_PER_OP" "$OUT" <<'PY'
+import json, sys, platform, os
+results, rss, rows, conc, secs, out = sys.argv[1:7]
+ops = [json.loads(l) for l in open(results)]
+names = {"create": "Create", "update": "Update (2-field mask + etag)", "get": "Get",
+         "list_first": "List first page (50)", "list_deep": f"List page 1,000 over {int(rows):,} rows"}
+print(f"\n{'operation':38} {'svc RPC/s':>10} {'pgbench TPS':>12} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} {'pg p50':>7} {'pg p99':>7} {'svc CPU/req':>11} {'pg CPU/stmt':>11}")
+for o in ops:
+    print(f"{names[o['op']]:38} {o['service_rps']:>10.0f} {o['pgbench_tps']:>12.0f} {o['ratio']:>6.2f} "
+          f"{o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms {o['pgbench_p50_ms']:>5.2f}ms {o['pgbench_p99_ms']:>5.2f}ms "
+          f"{o['service_cpu_us_per_request']:>9.0f}us {o['postgres_cpu_us_per_statement']:>9.0f}us")
+first = next(o for o in ops if o["op"] == "list_first")
+deep = next(o for o in ops if o["op"] == "list_deep")
+print(f"\npage 1,000 p50 / page 1 p50: {deep['service_p50_ms'] / first['service_p50_ms']:.2f} (target <= 1.5)")
+print(f"service peak RSS after 256 concurrent callers: {int(rss) / 1024:.1f} MiB (target < 64 MiB)")
+report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+          "settings": {"rows": int(rows), "concurrency": int(conc), "seconds_per_op": int(secs)},
+          "operations": ops, "service_peak_rss_kib": int(rss),
+          "deep_over_first_page_p50": deep["service_p50_ms"] / first["service_p50_ms"]}
+json.dump(report, open(f"{out}/latest.json", "w"), indent=2)
+print(f"written: {out}/latest.json")
+PY
