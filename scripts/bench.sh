@@ -97,6 +97,10 @@ for op in "${OPS[@]}"; do
   service=$(BENCH_OP=$op BENCH_CONCURRENCY=$CONCURRENCY BENCH_SECONDS=$SECONDS_PER_OP load)
   s1=$(ticks "$server_pid"); p1=$(pg_ticks)
   (cd "$work" && rm -f pgbench_log.* && pgbench -h 127.0.0.1 -n -M prepared -c "$CONCURRENCY" -j 2 -T "$SECONDS_PER_OP" -l -f "$op.sql" $db > pgbench.out 2>&1) || { cat "$work/pgbench.out" >&2; exit 1; }
+  # pgbench's backends exit after it does; once reaped, their CPU shows in
+  # the postmaster's children counters.
+  for _ in $(seq 1 50); do [ "$(pgrep -P "$(head -1 "$pg_data/postmaster.pid")" | wc -l)" -le "$((CONCURRENCY + 8))" ] && break; sleep 0.1; done
+  sleep 0.5
   p2=$(pg_ticks)
   python3 - "$op" "$service" "$work" "$((s1 - s0))" "$((p1 - p0))" "$((p2 - p1))" "$OUT/statements.json" >> "$results" <<'PY'
 import glob, json, re, sys, os

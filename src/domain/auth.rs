@@ -149,12 +149,10 @@ pub fn is_well_formed(token: &str) -> bool {
     checksum(random) == sum
 }
 
-/// The stored form of a token: hex SHA-256.
+/// The stored form of a token: hex SHA-256. On every call's path: the
+/// profile showed a `format!` per byte costing 8% of a Get.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

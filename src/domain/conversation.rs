@@ -114,7 +114,7 @@ impl NewConversation {
             .chain_update(b"fingerprint-v1\n")
             .chain_update(self.canonical())
             .finalize();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(digest)
     }
 
     /// serde_json writes struct fields in declaration order and BTreeMaps in

@@ -369,7 +369,7 @@ fn binding(filter: &Filter, order: Order) -> String {
         .chain_update(order.code())
         .chain_update(filter.canonical())
         .finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..8])
 }
 
 impl PageToken {
