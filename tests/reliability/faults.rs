@@ -223,20 +223,7 @@ async fn the_database_going_away_fails_fast_and_comes_back_without_a_restart() {
     let mut client = server.client().await;
     let mut ids = Vec::new();
     for _ in 0..8 {
-        let request = pb::CreateConversationRequest {
-            conversation: Some(email(&ws)),
-            request_id: String::new(),
-        };
-        ids.push(
-            client
-                .create_conversation(authed(&ws.token, request))
-                .await
-                .unwrap()
-                .into_inner()
-                .conversation
-                .unwrap()
-                .id,
-        );
+        ids.push(server.create_email(&ws).await.id);
     }
 
     // Load: each worker updates its own conversation's subject; it keeps the

@@ -24,18 +24,7 @@ async fn sixty_four_sqlite_writers_never_see_a_locked_database() {
     let url = format!("sqlite://{}", dir.path().join("writers.db").display());
     let ws = seed_workspace(&connect(&url).await, "A").await;
     let server = Arc::new(ServerProcess::start(&url, &[], dir.path()).await);
-    let mut client = server.client().await;
-    let request = pb::CreateConversationRequest {
-        conversation: Some(email(&ws)),
-        request_id: String::new(),
-    };
-    let shared = client
-        .create_conversation(authed(&ws.token, request))
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap();
+    let shared = server.create_email(&ws).await;
 
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -107,18 +96,7 @@ async fn twice_the_concurrency_limit_is_shed_fast_with_bounded_memory() {
     let ws = seed_workspace(&db, "A").await;
     let server =
         Arc::new(ServerProcess::start(&url, &[("CONCURRENCY_LIMIT", "16")], dir.path()).await);
-    let mut client = server.client().await;
-    let request = pb::CreateConversationRequest {
-        conversation: Some(email(&ws)),
-        request_id: String::new(),
-    };
-    let target = client
-        .create_conversation(authed(&ws.token, request))
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap();
+    let target = server.create_email(&ws).await;
     let rss_before = server.peak_rss_kib();
 
     let mut outcomes: HashMap<Code, usize> = HashMap::new();

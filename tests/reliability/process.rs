@@ -7,8 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conversation_service::proto::v1::conversation_service_client::ConversationServiceClient;
+use conversation_service::proto::v1::{
+    self as pb, conversation_service_client::ConversationServiceClient,
+};
 use tonic::transport::Channel;
+
+use crate::helpers::{Workspace, authed, email};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -96,6 +100,24 @@ impl ServerProcess {
 
     pub async fn client(&self) -> ConversationServiceClient<Channel> {
         ConversationServiceClient::new(self.channel().await)
+    }
+
+    /// Creates a plain email conversation of `ws` through this server.
+    pub async fn create_email(&self, ws: &Workspace) -> pb::Conversation {
+        let request = pb::CreateConversationRequest {
+            conversation: Some(email(ws)),
+            request_id: String::new(),
+        };
+        let response = self
+            .client()
+            .await
+            .create_conversation(authed(&ws.token, request))
+            .await;
+        response
+            .expect("create")
+            .into_inner()
+            .conversation
+            .expect("a conversation")
     }
 
     /// The overall health, or `None` when the server does not answer.

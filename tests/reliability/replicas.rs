@@ -127,17 +127,8 @@ async fn disjoint_updates_over_two_replicas_lose_nothing() {
     ]);
 
     let mut initial = Vec::new();
-    let mut client = replicas[0].client().await;
     for _ in 0..CONVERSATIONS {
-        let request = pb::CreateConversationRequest {
-            conversation: Some(email(&ws)),
-            request_id: String::new(),
-        };
-        let created = client
-            .create_conversation(authed(&ws.token, request))
-            .await
-            .unwrap();
-        initial.push(created.into_inner().conversation.unwrap());
+        initial.push(replicas[0].create_email(&ws).await);
     }
     let ids: Arc<Vec<String>> = Arc::new(initial.iter().map(|c| c.id.clone()).collect());
     let slots: Vec<(usize, Field)> = (0..CONVERSATIONS)
@@ -266,17 +257,7 @@ async fn etag_chain(test: &str, replicas: Arc<Vec<ServerProcess>>, ws: &Workspac
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 40;
     let mut client = replicas[0].client().await;
-    let request = pb::CreateConversationRequest {
-        conversation: Some(email(ws)),
-        request_id: String::new(),
-    };
-    let created = client
-        .create_conversation(authed(&ws.token, request))
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap();
+    let created = replicas[0].create_email(ws).await;
 
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
