@@ -85,7 +85,7 @@ async fn deep_token(
     page_token
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let addr = env("BENCH_ADDR");
     let op = env("BENCH_OP");

@@ -21,7 +21,7 @@ if [ "$QUICK" = 1 ]; then rows_default=100000; seconds_default=3; else rows_defa
 ROWS=${BENCH_ROWS:-$rows_default}
 SECONDS_PER_OP=${BENCH_SECONDS:-$seconds_default}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
-OPS=(get list_first list_deep update create)
+OPS=(${BENCH_OPS:-get list_first list_deep update create})
 OUT=$PWD/target/bench
 mkdir -p "$OUT"
 work=$(mktemp -d)
