@@ -6,7 +6,8 @@
 //! Settings (scripts/bench.sh sets them): BENCH_ADDR, BENCH_TOKEN,
 //! BENCH_CUSTOMER, BENCH_OP (create | update | get | list_first | list_deep),
 //! BENCH_CONCURRENCY, BENCH_SECONDS (or BENCH_MILLIS), BENCH_ROWS (how many seeded rows exist;
-//! row n has id md5(n)), BENCH_DEEP_PAGE (default 1000).
+//! row n has id md5(n)), BENCH_DEEP_PAGE (default 1000), BENCH_CALLS (at most
+//! this many calls per caller; for statement capture).
 
 use std::{
     sync::Arc,
@@ -91,6 +92,8 @@ async fn main() {
     let op = env("BENCH_OP");
     let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
     let millis = env_or("BENCH_MILLIS", env_or("BENCH_SECONDS", 10) * 1000);
+    // BENCH_CALLS caps each caller's calls (statement capture: exactly one).
+    let max_calls = env_or("BENCH_CALLS", u64::MAX);
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -126,7 +129,7 @@ async fn main() {
             // Update: each caller owns one seeded conversation and carries its etag.
             let own = seeded_id(caller as u64 + 1);
             let mut etag = String::new();
-            if op == "update" {
+            if op == "update" && max_calls == u64::MAX {
                 let request = pb::GetConversationRequest { id: own.clone() };
                 etag = client
                     .get_conversation(authed(&setup.token, request))
@@ -138,7 +141,7 @@ async fn main() {
                     .etag;
             }
             let mut n = 0u64;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && n < max_calls {
                 n += 1;
                 let started = Instant::now();
                 let ok = match op.as_str() {

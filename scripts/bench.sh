@@ -17,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then rows_default=100000; seconds_default=3; else rows_default=1000000; seconds_default=8; fi
+if [ "$QUICK" = 1 ]; then rows_default=100000; seconds_default=3; sqlite_rows_default=20000; else rows_default=1000000; seconds_default=8; sqlite_rows_default=100000; fi
+SQLITE_ROWS=${BENCH_SQLITE_ROWS:-$sqlite_rows_default}
 ROWS=${BENCH_ROWS:-$rows_default}
 SECONDS_PER_OP=${BENCH_SECONDS:-$seconds_default}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
@@ -131,11 +132,49 @@ done
 say "peak RSS at 256 callers"
 BENCH_OP=get BENCH_CONCURRENCY=256 BENCH_SECONDS=$SECONDS_PER_OP load > "$OUT/rss-run.json"
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 
-python3 - "$results" "$rss_kib" "$ROWS" "$CONCURRENCY" "$SECONDS_PER_OP" "$OUT" <<'PY'
+# SQLite, the embedded default: the service beside python3's sqlite3 module
+# running the statements the service sent (scripts/bench_sqlite.py).
+say "SQLite: seeding $SQLITE_ROWS conversations"
+sq="$work/sqlite"; mkdir -p "$sq"
+export DATABASE_URL="sqlite://$sq/bench.db"
+$BIN migrate
+sws=$($BIN workspace create --name Bench)
+scustomer=$($BIN customer create --workspace "$sws" --email bench@example.com)
+stoken=$($BIN token issue --workspace "$sws" --abilities external-api:read,external-api:write)
+export BENCH_TOKEN=$stoken BENCH_CUSTOMER=$scustomer BENCH_ROWS=$SQLITE_ROWS
+LOG_FILTER="warn,sqlx::query=trace" start_server
+BENCH_OP=create BENCH_CONCURRENCY=1 BENCH_CALLS=1 load > /dev/null
+for op in get update create; do
+  offset=$(stat -c %s "$OUT/server.log")
+  if [ "$op" = get ]; then
+    # The template row exists now: copy it to SQLITE_ROWS rows with ids md5(n).
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+    python3 scripts/bench_sqlite.py seed "$sq/bench.db" "$SQLITE_ROWS"
+    LOG_FILTER="warn,sqlx::query=trace" start_server
+    offset=$(stat -c %s "$OUT/server.log")
+  fi
+  BENCH_OP=$op BENCH_CONCURRENCY=1 BENCH_CALLS=1 load > /dev/null
+  sleep 0.3
+  tail -c +$((offset + 1)) "$OUT/server.log" > "$sq/$op.log"
+done
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+say "SQLite: measuring"
+LOG_FILTER=warn start_server
+sqlite_results="$OUT/sqlite.jsonl"; : > "$sqlite_results"
+for op in get update create; do
+  service=$(BENCH_OP=$op BENCH_CONCURRENCY=$CONCURRENCY BENCH_SECONDS=$SECONDS_PER_OP load)
+  plain=$(python3 scripts/bench_sqlite.py run "$sq/bench.db" "$op" "$sq/$op.log" "$SECONDS_PER_OP" "$sws" "$scustomer")
+  python3 -c 'import json,sys; s,p=json.loads(sys.argv[1]),json.loads(sys.argv[2]); print(json.dumps({"op": s["op"], "service_rps": s["rps"], "service_p50_ms": s["p50_ms"], "service_p99_ms": s["p99_ms"], "service_errors": s["errors"], "sqlite3_ops_per_s": p["ops_per_s"], "statements_per_call": p["statements"], "ratio": round(s["rps"] / p["ops_per_s"], 3)}))' "$service" "$plain" >> "$sqlite_results"
+  say "SQLite $op done"
+done
+
+python3 - "$results" "$rss_kib" "$ROWS" "$CONCURRENCY" "$SECONDS_PER_OP" "$OUT" "$sqlite_results" "$SQLITE_ROWS" <<'PY'
 import json, sys, platform, os
-results, rss, rows, conc, secs, out = sys.argv[1:7]
+results, rss, rows, conc, secs, out, sqlite_results, sqlite_rows = sys.argv[1:9]
 ops = [json.loads(l) for l in open(results)]
+sqlite = [json.loads(l) for l in open(sqlite_results)]
 names = {"create": "Create", "update": "Update (2-field mask + etag)", "get": "Get",
          "list_first": "List first page (50)", "list_deep": f"List page 1,000 over {int(rows):,} rows"}
 print(f"\n{'operation':38} {'svc RPC/s':>10} {'pgbench TPS':>12} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} {'pg p50':>7} {'pg p99':>7} {'svc CPU/req':>11} {'pg CPU/stmt':>11}")
@@ -147,9 +186,14 @@ first = next(o for o in ops if o["op"] == "list_first")
 deep = next(o for o in ops if o["op"] == "list_deep")
 print(f"\npage 1,000 p50 / page 1 p50: {deep['service_p50_ms'] / first['service_p50_ms']:.2f} (target <= 1.5)")
 print(f"service peak RSS after 256 concurrent callers: {int(rss) / 1024:.1f} MiB (target < 64 MiB)")
+print(f"\nSQLite ({int(sqlite_rows):,} rows; python3 sqlite3, one connection, same statements)")
+print(f"{'operation':12} {'svc RPC/s':>10} {'sqlite3 ops/s':>14} {'ratio':>6} {'svc p50':>8} {'svc p99':>8}   (target ratio >= 0.5)")
+for o in sqlite:
+    print(f"{o['op']:12} {o['service_rps']:>10.0f} {o['sqlite3_ops_per_s']:>14.0f} {o['ratio']:>6.2f} {o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms")
 report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
           "settings": {"rows": int(rows), "concurrency": int(conc), "seconds_per_op": int(secs)},
           "operations": ops, "service_peak_rss_kib": int(rss),
+          "sqlite": {"rows": int(sqlite_rows), "operations": sqlite},
           "deep_over_first_page_p50": deep["service_p50_ms"] / first["service_p50_ms"]}
 json.dump(report, open(f"{out}/latest.json", "w"), indent=2)
 print(f"written: {out}/latest.json")

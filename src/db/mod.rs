@@ -38,8 +38,10 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
         .min_connections(1)
         .connect_timeout(settings.acquire_timeout)
         .acquire_timeout(settings.acquire_timeout)
-        // sqlx logs every statement at INFO by default.
-        .sqlx_logging(false)
+        // sqlx logs every statement at INFO by default; at TRACE they stay out
+        // of the way unless asked for (LOG_FILTER=sqlx::query=trace).
+        .sqlx_logging(true)
+        .sqlx_logging_level(log::LevelFilter::Trace)
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)

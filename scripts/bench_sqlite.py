@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The plain SQLite client of `make bench`: python3's sqlite3 module running
+the statements the service sent (captured from its log with
+LOG_FILTER=sqlx::query=trace), one call at a time on one connection, in WAL
+mode with the service's pragmas. Writes run in BEGIN IMMEDIATE ... COMMIT,
+as the service runs them (sqlx does not log transaction control).
+
+Usage: bench_sqlite.py seed DB ROWS
+       bench_sqlite.py run DB OP CAPTURED_LOG SECONDS WORKSPACE CUSTOMER
+`seed` copies the one conversation in DB to ROWS rows with ids md5(n);
+`run` prints {"op", "calls", "ops_per_s"} as JSON.
+"""
+import hashlib
+import json
+import re
+import sqlite3
+import sys
+import time
+import uuid
+
+
+def connect(path):
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
+
+
+def seeded(n):
+    return hashlib.md5(str(n).encode()).digest()
+
+
+def seed(path, rows):
+    db = connect(path)
+    db.row_factory = sqlite3.Row
+    template = dict(db.execute("SELECT * FROM conversations LIMIT 1").fetchone())
+    columns = list(template)
+    db.execute("BEGIN")
+    db.executemany(
+        f"INSERT INTO conversations ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        ([seeded(n) if c == "id" else template[c] for c in columns] for n in range(1, rows + 1)),
+    )
+    db.execute("COMMIT")
+
+
+def statements(log_path):
+    """The captured statements of one call, background work left out."""
+    out = []
+    for line in open(log_path, encoding="utf-8", errors="replace"):
+        m = re.search(r'db\.statement="(.*?)" rows_affected', line)
+        if not m:
+            continue
+        sql = m.group(1).encode().decode("unicode_escape").strip()
+        if re.search(r'"(conversations|customers|users|agents)"', sql):
+            out.append(sql)
+    return out
+
+
+def params(sql, values):
+    """A value for each `?`, by the column it is compared with or inserted into."""
+    if sql.upper().startswith("INSERT"):
+        columns = re.search(r"\(([^)]*)\)\s*VALUES", sql).group(1)
+        return [values[c.strip().strip('"')] for c in columns.split(",")]
+    found = []
+    for m in re.finditer(r'"(\w+)"\s*(?:=|<>|<|>|<=|>=)\s*\?|(LIMIT)\s*\?', sql):
+        found.append(values["__limit"] if m.group(2) else values[m.group(1)])
+    if len(found) != sql.count("?"):
+        raise SystemExit(f"cannot map the parameters of: {sql[:120]}")
+    return found
+
+
+def run(path, op, log_path, seconds, workspace, customer):
+    calls = statements(log_path)
+    if not calls:
+        raise SystemExit(f"{op}: no statements captured")
+    db = connect(path)
+    db.row_factory = sqlite3.Row
+    template = dict(db.execute("SELECT * FROM conversations LIMIT 1").fetchone())
+    ws, cust = uuid.UUID(workspace).bytes, uuid.UUID(customer).bytes
+    rows = db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+    write = op in ("create", "update")
+    n, deadline = 0, time.monotonic() + seconds
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        n += 1
+        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000000+00:00"
+        values = dict(template)
+        values.update({"workspace_id": ws, "__limit": 1, "updated_at": now, "version": n + 1})
+        if op == "get":
+            values["id"] = seeded(1 + n % rows)
+        elif op == "update":
+            values.update({"id": seeded(1), "subject": f"bench {n}", "priority": ("low", "normal", "high", "urgent")[n % 4]})
+        elif op == "create":
+            values.update({"id": uuid.uuid4().bytes, "subject": f"bench {n}", "created_at": now})
+            values["customer_id"] = cust
+        if write:
+            db.execute("BEGIN IMMEDIATE")
+        for sql in calls:
+            if sql.startswith("SELECT COUNT(*)") and '"customers"' in sql:
+                db.execute(sql, [cust, ws]).fetchall()
+            else:
+                db.execute(sql, params(sql, values)).fetchall()
+        if write:
+            db.execute("COMMIT")
+    elapsed = time.monotonic() - started
+    print(json.dumps({"op": op, "calls": n, "ops_per_s": round(n / elapsed, 1), "statements": len(calls)}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "seed":
+        seed(sys.argv[2], int(sys.argv[3]))
+    else:
+        run(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6], sys.argv[7])
