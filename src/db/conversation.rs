@@ -46,12 +46,13 @@ pub async fn create(
     new: NewConversation,
     request_id: Option<Uuid>,
 ) -> Result<Conversation, Error> {
-    let fingerprint = new.fingerprint();
+    // The key and the digest a retry must match; computed only when asked for.
+    let key = request_id.map(|id| (id, new.fingerprint()));
     let txn = begin_write(db).await?;
-    if let Some(request_id) = request_id
-        && let Some(existing) = find_by_request_id(&txn, workspace_id, request_id).await?
+    if let Some((request_id, fingerprint)) = &key
+        && let Some(existing) = find_by_request_id(&txn, workspace_id, *request_id).await?
     {
-        return replay(existing, &fingerprint);
+        return replay(existing, fingerprint);
     }
 
     let references = CreateReferences {
@@ -74,24 +75,25 @@ pub async fn create(
         rules::plan_create(&new, Uuid::now_v7(), workspace_id, references, time::now())?;
     let mut row = to_model(&conversation).into_active_model();
     row.request_id = Set(request_id);
-    row.request_fingerprint = Set(request_id.map(|_| fingerprint.clone()));
+    row.request_fingerprint = Set(key.as_ref().map(|(_, fingerprint)| fingerprint.clone()));
 
     match Entity::insert(row).exec_with_returning(&txn).await {
         Ok(row) => {
             txn.commit().await?;
             to_domain(row)
         }
-        // Another replica committed the same request_id between our lookup
-        // and our insert: answer as a retry would be answered.
-        Err(err) if request_id.is_some() && is_unique_violation(&err) => {
-            drop(txn);
-            let request_id = request_id.expect("checked by the guard");
-            let existing = find_by_request_id(db, workspace_id, request_id)
-                .await?
-                .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
-            replay(existing, &fingerprint)
-        }
-        Err(err) => Err(err.into()),
+        Err(err) => match &key {
+            // Another replica committed the same request_id between our
+            // lookup and our insert: answer as a retry would be answered.
+            Some((request_id, fingerprint)) if is_unique_violation(&err) => {
+                drop(txn);
+                let existing = find_by_request_id(db, workspace_id, *request_id)
+                    .await?
+                    .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
+                replay(existing, fingerprint)
+            }
+            _ => Err(err.into()),
+        },
     }
 }
 

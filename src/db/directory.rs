@@ -148,11 +148,6 @@ pub async fn create_agent(
     Ok(id)
 }
 
-/// Whether the database holds no workspace yet (`serve --demo` seeds only then).
-pub async fn is_empty(db: &DatabaseConnection) -> Result<bool, DbErr> {
-    Ok(workspace::Entity::find().count(db).await? == 0)
-}
-
 pub async fn find_customer_by_email(
     db: &DatabaseConnection,
     workspace_id: Uuid,

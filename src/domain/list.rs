@@ -1,8 +1,6 @@
 //! ListConversations: the AIP-160 filter subset, the four orders, and the
 //! keyset cursor that a page token carries.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -422,12 +420,6 @@ impl PageToken {
             id,
             snapshot,
         })
-    }
-}
-
-impl fmt::Display for Order {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
     }
 }
 
