@@ -46,6 +46,17 @@ pub struct Config {
     )]
     pub log_filter: String,
 
+    /// Log format on stderr: `text` (for people) or `json` (one object per
+    /// line, for log pipelines).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,6 +69,13 @@ impl Config {
             acquire_timeout: self.database_timeout,
         }
     }
+}
+
+/// See [`Config::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +106,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Address for Prometheus metrics (`GET /metrics`); none are served
+    /// when unset.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Seed a demo workspace (if absent) and print a token and a grpcurl call.
     #[arg(long, env = "DEMO")]

@@ -1,20 +1,21 @@
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
-use conversation_service::{cli, config::Config};
-use tracing_subscriber::EnvFilter;
+use conversation_service::{cli, config::Config, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    match cli::run(config).await {
+    let telemetry = match telemetry::init(&config.log_filter, config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: cannot set up logging and tracing: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = cli::run(config).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

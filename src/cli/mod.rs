@@ -15,7 +15,7 @@ use crate::config::{
 };
 use crate::db::{self, DbSettings, directory, error::is_unique_violation, token::TokenRef};
 use crate::domain::AgentKind;
-use crate::grpc::server::{ServeSettings, serve};
+use crate::grpc::server::{Listeners, ServeSettings, serve};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let db = db::connect(&config.db_settings())
@@ -115,6 +115,14 @@ async fn run_server(
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     if args.demo {
         let demo = demo::seed(&db)
             .await
@@ -133,7 +141,11 @@ async fn run_server(
     };
     // The server opens its own pools; this one was for migrations and the demo.
     db.close().await?;
-    serve(&db_settings, settings, listener, shutdown_signal()).await
+    let listeners = Listeners {
+        grpc: listener,
+        metrics,
+    };
+    serve(&db_settings, settings, listeners, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -79,3 +79,33 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     })
     .await
 }
+
+/// How full a pool is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open, in use or idle.
+    pub open: u32,
+    pub idle: u32,
+    /// The most the pool may open.
+    pub max: u32,
+}
+
+pub fn pool_stats(db: &DatabaseConnection) -> PoolStats {
+    fn of<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> PoolStats {
+        PoolStats {
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        }
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => of(db.get_postgres_connection_pool()),
+        DbBackend::Sqlite => of(db.get_sqlite_connection_pool()),
+        // `connect` opens nothing else.
+        _ => PoolStats {
+            open: 0,
+            idle: 0,
+            max: 0,
+        },
+    }
+}

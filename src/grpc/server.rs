@@ -6,17 +6,17 @@ use std::{future::Future, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{
-    codegen::http,
     service::interceptor::InterceptedService,
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
-use uuid::Uuid;
 
 use super::{
     admission::{Admission, AdmissionLayer},
     auth::{Authenticator, TokenTable},
     health,
+    metrics::{self, Metrics},
+    observability::ObservabilityLayer,
     service::ConversationApi,
 };
 use crate::db::{self, DbSettings};
@@ -61,7 +61,25 @@ impl Default for ServeSettings {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then shuts down within
+/// Where the server listens: the gRPC API, and optionally the Prometheus
+/// metrics (`GET /metrics`). A bare listener converts into one with no
+/// metrics.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+/// Serves on the listeners until `shutdown` completes, then shuts down within
 /// the grace period:
 ///
 /// 1. health turns NOT_SERVING and every new call is answered UNAVAILABLE
@@ -78,9 +96,13 @@ impl Default for ServeSettings {
 pub async fn serve(
     database: &DbSettings,
     settings: ServeSettings,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+    } = listeners.into();
     let db = db::connect(database).await?;
     let probe = db::connect(&DbSettings {
         max_connections: 1,
@@ -89,6 +111,10 @@ pub async fn serve(
     .await?;
     let tokens = TokenTable::load(&db).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new(Some(db.clone()));
+    // Scrapes keep working through the shutdown, until `serve` returns.
+    let metrics_server =
+        metrics_listener.map(|listener| tokio::spawn(metrics::serve(metrics.clone(), listener)));
     let refresher = tokio::spawn(tokens.clone().refresh(
         db.clone(),
         settings.token_refresh_interval,
@@ -118,7 +144,7 @@ pub async fn serve(
     // Only ConversationService is behind the interceptor: health and
     // reflection stay open.
     let conversations = InterceptedService::new(
-        ConversationServiceServer::new(ConversationApi::new(db))
+        ConversationServiceServer::new(ConversationApi::new(db, metrics.clone()))
             .max_decoding_message_size(settings.max_message_size),
         Authenticator::new(tokens),
     );
@@ -150,7 +176,8 @@ pub async fn serve(
     let server = Server::builder()
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
-        .trace_fn(call_span)
+        // Outermost first: every call, shed or not, is observed.
+        .layer(ObservabilityLayer(metrics))
         .layer(AdmissionLayer(admission))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -177,19 +204,9 @@ pub async fn serve(
     };
     refresher.abort();
     watcher.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     tracing::info!("stopped");
     result
-}
-
-/// One span per call, carrying the method and a request id: the caller's
-/// `x-request-id` when it sent a sane one, a fresh UUID otherwise.
-fn call_span(request: &http::Request<()>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    tracing::info_span!("rpc", method = %request.uri().path(), %request_id)
 }

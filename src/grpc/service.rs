@@ -7,17 +7,20 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::convert::{self, UpdateCommand};
+use super::metrics::Metrics;
 use crate::db;
 use crate::domain::{auth::Ability, list::PageToken};
 use crate::proto::v1::{self as pb, conversation_service_server::ConversationService};
 
 pub struct ConversationApi {
     db: DatabaseConnection,
+    /// Each handler marks its time in storage, for the pool-waiters gauge.
+    metrics: Metrics,
 }
 
 impl ConversationApi {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, metrics: Metrics) -> Self {
+        Self { db, metrics }
     }
 }
 
@@ -29,6 +32,7 @@ impl ConversationService for ConversationApi {
     ) -> Result<Response<pb::CreateConversationResponse>, Status> {
         let principal = authorize(&request, Ability::Write)?;
         let (new, request_id) = convert::create_request(request.into_inner())?;
+        let _storage = self.metrics.database_call();
         let conversation =
             db::conversation::create(&self.db, principal.workspace_id, new, request_id).await?;
         tracing::info!(conversation_id = %conversation.id, "conversation created");
@@ -47,6 +51,7 @@ impl ConversationService for ConversationApi {
             expected_etag,
             patch,
         } = convert::update_request(request.into_inner())?;
+        let _storage = self.metrics.database_call();
         let conversation = db::conversation::update(
             &self.db,
             principal.workspace_id,
@@ -66,6 +71,7 @@ impl ConversationService for ConversationApi {
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
         let principal = authorize(&request, Ability::Read)?;
         let query = convert::list_request(request.get_ref())?;
+        let _storage = self.metrics.database_call();
         let page = db::list::list(
             &self.db,
             principal.workspace_id,
@@ -95,6 +101,7 @@ impl ConversationService for ConversationApi {
     ) -> Result<Response<pb::GetConversationResponse>, Status> {
         let principal = authorize(&request, Ability::Read)?;
         let id = convert::conversation_id(&request.get_ref().id, "id")?;
+        let _storage = self.metrics.database_call();
         let conversation = db::conversation::get(&self.db, principal.workspace_id, id).await?;
         Ok(Response::new(pb::GetConversationResponse {
             conversation: Some(convert::conversation_to_proto(&conversation)),

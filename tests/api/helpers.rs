@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use conversation_service::{
-    ServeSettings,
+    Listeners, ServeSettings,
     db::{self, DbSettings, directory},
     domain::{AgentKind, auth::Abilities},
     proto::v1::{self as pb, conversation_service_client::ConversationServiceClient},
@@ -35,6 +35,8 @@ pub struct Workspace {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` answers.
+    pub metrics_addr: SocketAddr,
     pub db: DatabaseConnection,
     pub database_url: String,
     /// The caller's workspace.
@@ -142,6 +144,7 @@ impl TestApp {
         let b = seed_workspace(&db, "B").await;
         let mut app = TestApp {
             addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
             db,
             database_url,
             a,
@@ -158,11 +161,17 @@ impl TestApp {
     async fn start(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.addr = listener.local_addr().unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.metrics_addr = metrics.local_addr().unwrap();
+        let listeners = Listeners {
+            grpc: listener,
+            metrics: Some(metrics),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let database = db_settings(&self.database_url);
         let settings = self.settings.clone();
         self.server = Some(tokio::spawn(async move {
-            serve(&database, settings, listener, async {
+            serve(&database, settings, listeners, async {
                 let _ = rx.await;
             })
             .await
@@ -192,6 +201,28 @@ impl TestApp {
             .connect()
             .await
             .expect("connect to the test server")
+    }
+
+    /// The Prometheus exposition text, fetched over plain HTTP/1.1.
+    pub async fn scrape_metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect to the metrics listener");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        body.to_owned()
     }
 
     pub async fn client(&self) -> ConversationServiceClient<Channel> {

@@ -1,85 +1,141 @@
-//! What the binary writes to its log.
+//! What the binary writes to its log, and the traces it exports.
 
 use std::{
-    process::{Command, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use conversation_service::{domain::auth::TokenSecret, proto::v1 as pb};
-use tonic::Code;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+use tokio::sync::mpsc;
+use tonic::{Code, metadata::MetadataValue, transport::Channel};
 
 use crate::helpers::*;
 
+/// A W3C trace context a caller might send: its trace id and parent span id.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// The binary serving over a fresh database, its stderr in a file.
+struct Binary {
+    child: Child,
+    client: pb::conversation_service_client::ConversationServiceClient<Channel>,
+    log_path: PathBuf,
+    ws: Workspace,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let url = fresh_database_url(&dir).await;
+        let ws = seed_workspace(&connect(&url).await, "A").await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log_path = dir.path().join("server.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_conversation-service"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("LOG_FORMAT")
+            .env("DATABASE_URL", &url)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap());
+        let child = command.spawn().unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut channel = None;
+        for _ in 0..100 {
+            if let Ok(c) = Channel::from_shared(endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                channel = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let client = pb::conversation_service_client::ConversationServiceClient::new(
+            channel.expect("server up"),
+        );
+        Binary {
+            child,
+            client,
+            log_path,
+            ws,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server (SIGTERM, so buffered spans are flushed) and
+    /// returns its log.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        std::fs::read_to_string(&self.log_path).unwrap()
+    }
+}
+
+fn create(token: &str, ws: &Workspace) -> tonic::Request<pb::CreateConversationRequest> {
+    authed(
+        token,
+        pb::CreateConversationRequest {
+            conversation: Some(email(ws)),
+            request_id: String::new(),
+        },
+    )
+}
+
 #[tokio::test]
 async fn logs_carry_request_ids_and_never_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database_url(&dir).await;
-    let db = connect(&url).await;
-    let ws = seed_workspace(&db, "A").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log_path = dir.path().join("server.log");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_conversation-service"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &url)
-        .env("LOG_FILTER", "trace")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(c) = tonic::transport::Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut client = pb::conversation_service_client::ConversationServiceClient::new(
-        channel.expect("server up"),
-    );
-    let create = |token: &str| {
-        authed(
-            token,
-            pb::CreateConversationRequest {
-                conversation: Some(email(&ws)),
-                request_id: String::new(),
-            },
-        )
-    };
-    client
-        .create_conversation(create(&ws.token))
+    let mut server = Binary::start(&[], &[("LOG_FILTER", "trace")]).await;
+    let ws = server.ws.clone();
+    server
+        .client
+        .create_conversation(create(&ws.token, &ws))
         .await
         .expect("created");
-    let denied = client
-        .create_conversation(create(&ws.read_token))
+    let denied = server
+        .client
+        .create_conversation(create(&ws.read_token, &ws))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     let unknown = TokenSecret::generate();
-    let refused = client
-        .create_conversation(create(unknown.expose()))
+    let refused = server
+        .client
+        .create_conversation(create(unknown.expose(), &ws))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let malformed = client
-        .create_conversation(create("hdsk_malformed-token-value"))
+    let malformed = server
+        .client
+        .create_conversation(create("hdsk_malformed-token-value", &ws))
         .await
         .unwrap_err();
     assert_eq!(malformed.code(), Code::Unauthenticated);
 
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = server.stop();
     assert!(
         log.contains("conversation created") && log.contains("request_id"),
         "calls are logged with a request id"
@@ -96,4 +152,149 @@ async fn logs_carry_request_ids_and_never_a_token() {
     ] {
         assert!(!log.contains(secret), "a token reached the log");
     }
+}
+
+#[tokio::test]
+async fn json_log_lines_carry_the_request_and_trace_ids_and_no_token() {
+    let mut server = Binary::start(&["--log-format", "json"], &[("LOG_FILTER", "debug")]).await;
+    let ws = server.ws.clone();
+    let mut request = create(&ws.token, &ws);
+    request
+        .metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("json-log-1"));
+    request
+        .metadata_mut()
+        .insert("traceparent", MetadataValue::from_static(TRACEPARENT));
+    server
+        .client
+        .create_conversation(request)
+        .await
+        .expect("created");
+
+    let log = server.stop();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let created = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "conversation created")
+        .unwrap_or_else(|| panic!("no creation line in {log}"));
+    assert_eq!(created["span"]["request_id"], "json-log-1", "{created}");
+    assert_eq!(created["span"]["trace_id"], TRACE_ID, "{created}");
+    assert_eq!(created["level"], "INFO");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["fields"]["message"] == "call finished"
+                && line["span"]["request_id"] == "json-log-1"),
+        "the call's end is logged with its id: {log}"
+    );
+    assert!(!log.contains(&ws.token), "a token reached the log");
+}
+
+/// A stand-in OTLP collector: hands every export to the test.
+struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn spans_join_the_callers_trace_and_go_out_by_otlp() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let (tx, mut exports) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let endpoint = format!("http://{collector_addr}");
+    let mut server = Binary::start(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "conversation-service-under-test"),
+        ],
+    )
+    .await;
+    let ws = server.ws.clone();
+    let mut request = create(&ws.token, &ws);
+    request
+        .metadata_mut()
+        .insert("traceparent", MetadataValue::from_static(TRACEPARENT));
+    request
+        .metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("otlp-1"));
+    server
+        .client
+        .create_conversation(request)
+        .await
+        .expect("created");
+
+    let call = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let export = exports.recv().await.expect("collector running");
+            for resource in export.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.clone());
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        if span.name == "helpdesk.v1.ConversationService/CreateConversation" {
+                            return (service, span);
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the call's span was exported");
+    let log = server.stop();
+
+    let (service, span) = call;
+    assert_eq!(
+        hex::encode(&span.trace_id),
+        TRACE_ID,
+        "joins the caller's trace"
+    );
+    assert_eq!(hex::encode(&span.parent_span_id), PARENT_SPAN_ID);
+    let attribute = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|value| value.value.clone())
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    assert_eq!(
+        attribute("request_id"),
+        Some(Value::StringValue("otlp-1".into()))
+    );
+    assert_eq!(
+        attribute("rpc.system"),
+        Some(Value::StringValue("grpc".into()))
+    );
+    assert_eq!(attribute("rpc.grpc.status_code"), Some(Value::IntValue(0)));
+    assert_eq!(
+        service.and_then(|v| v.value),
+        Some(Value::StringValue("conversation-service-under-test".into()))
+    );
+    assert!(!log.contains(&ws.token), "a token reached the log");
 }

@@ -9,6 +9,7 @@ mod create;
 mod hostile;
 mod list;
 mod logs;
+mod observability;
 mod replicas;
 mod serving;
 mod update;

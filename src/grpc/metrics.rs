@@ -1,0 +1,349 @@
+//! Prometheus metrics, named as go-grpc-prometheus names them so that the
+//! dashboards and alerts on-call already has work unchanged:
+//!
+//! - `grpc_server_started_total{grpc_type,grpc_service,grpc_method}`
+//! - `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`
+//! - `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`
+//!   (a histogram with go-grpc-prometheus's default buckets)
+//!
+//! and beside them the database pool (`db_pool_*`) and authentication
+//! failures by reason (`auth_failures_total{reason}`; the reason is the
+//! ErrorInfo reason the caller got, never anything of the token).
+//!
+//! Each server owns its own registry, so servers in one process (tests,
+//! replicas) never mix their counts.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+};
+
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+
+use crate::db;
+
+/// go-grpc-prometheus's default `grpc_server_handling_seconds` buckets.
+const HANDLING_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Which method a call is, as go-grpc-prometheus labels it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: String,
+    pub grpc_method: String,
+}
+
+impl MethodLabels {
+    /// Labels for a request path `/package.Service/Method`. The gRPC type
+    /// comes from the few streaming methods this server has; every other
+    /// method is unary.
+    pub fn from_path(path: &str) -> Self {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        let grpc_type = match (service, method) {
+            ("grpc.health.v1.Health", "Watch") => "server_stream",
+            ("grpc.reflection.v1.ServerReflection", _)
+            | ("grpc.reflection.v1alpha.ServerReflection", _) => "bidi_stream",
+            _ => "unary",
+        };
+        Self {
+            grpc_type,
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
+}
+
+/// The server's metrics. Cheap to clone; every clone counts into the same
+/// registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    auth_failures: Family<AuthLabels, Counter>,
+    pool_connections: Family<PoolLabels, Gauge>,
+    pool_max: Gauge,
+    pool_waiters: Gauge,
+    /// Calls inside the storage layer right now (see [`Metrics::database_call`]).
+    database_calls: AtomicI64,
+    db: Option<DatabaseConnection>,
+}
+
+impl Metrics {
+    /// Metrics whose pool gauges read `db`'s pool at each scrape.
+    pub fn new(db: Option<DatabaseConnection>) -> Self {
+        let mut registry = Registry::default();
+        let started = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "grpc_server_started",
+            "Total number of RPCs started on the server",
+            started.clone(),
+        );
+        let handled = Family::<HandledLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure",
+            handled.clone(),
+        );
+        let handling_seconds: Family<MethodLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(HANDLING_BUCKETS));
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
+            handling_seconds.clone(),
+        );
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Calls refused by authentication or authorization, by ErrorInfo reason",
+            auth_failures.clone(),
+        );
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Open database connections, by state (in_use or idle)",
+            pool_connections.clone(),
+        );
+        let pool_max = Gauge::default();
+        registry.register(
+            "db_pool_max_connections",
+            "Most connections the database pool may open",
+            pool_max.clone(),
+        );
+        let pool_waiters = Gauge::default();
+        registry.register(
+            "db_pool_waiters",
+            "Calls in the storage layer that hold no database connection: waiting for one",
+            pool_waiters.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                started,
+                handled,
+                handling_seconds,
+                auth_failures,
+                pool_connections,
+                pool_max,
+                pool_waiters,
+                database_calls: AtomicI64::new(0),
+                db,
+            }),
+        }
+    }
+
+    pub fn call_started(&self, method: &MethodLabels) {
+        self.inner.started.get_or_create(method).inc();
+    }
+
+    pub fn call_handled(&self, method: &MethodLabels, code: tonic::Code, seconds: f64) {
+        self.inner
+            .handled
+            .get_or_create(&HandledLabels {
+                grpc_type: method.grpc_type,
+                grpc_service: method.grpc_service.clone(),
+                grpc_method: method.grpc_method.clone(),
+                grpc_code: code_name(code),
+            })
+            .inc();
+        self.inner
+            .handling_seconds
+            .get_or_create(method)
+            .observe(seconds);
+    }
+
+    pub fn auth_failed(&self, reason: &str) {
+        self.inner
+            .auth_failures
+            .get_or_create(&AuthLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Marks a call as inside the storage layer until the guard drops. Every
+    /// call holds at most one connection at a time, so the calls inside
+    /// minus the connections in use are the calls waiting for a connection:
+    /// sqlx's pool does not count its waiters itself.
+    pub fn database_call(&self) -> DatabaseCall {
+        self.inner.database_calls.fetch_add(1, Ordering::Relaxed);
+        DatabaseCall(self.inner.clone())
+    }
+
+    /// The registry in the text exposition format, pool gauges read now.
+    pub fn render(&self) -> String {
+        if let Some(db) = &self.inner.db {
+            let pool = db::pool_stats(db);
+            let in_use = i64::from(pool.open) - i64::from(pool.idle);
+            let gauge = |state| {
+                self.inner
+                    .pool_connections
+                    .get_or_create(&PoolLabels { state })
+            };
+            gauge("in_use").set(in_use);
+            gauge("idle").set(i64::from(pool.idle));
+            self.inner.pool_max.set(i64::from(pool.max));
+            let inside = self.inner.database_calls.load(Ordering::Relaxed);
+            self.inner.pool_waiters.set((inside - in_use).max(0));
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.inner.registry);
+        text
+    }
+}
+
+/// See [`Metrics::database_call`].
+pub struct DatabaseCall(Arc<Inner>);
+
+impl Drop for DatabaseCall {
+    fn drop(&mut self) {
+        self.0.database_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The code's name as grpc-go spells it, which is what go-grpc-prometheus
+/// puts in `grpc_code`.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(metrics: Metrics, listener: TcpListener) -> std::io::Result<()> {
+    let local_addr: SocketAddr = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    tracing::info!(%local_addr, "serving metrics on /metrics");
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_split_the_path_and_know_the_streaming_methods() {
+        let get = MethodLabels::from_path("/helpdesk.v1.ConversationService/GetConversation");
+        assert_eq!(get.grpc_service, "helpdesk.v1.ConversationService");
+        assert_eq!(get.grpc_method, "GetConversation");
+        assert_eq!(get.grpc_type, "unary");
+        assert_eq!(
+            MethodLabels::from_path("/grpc.health.v1.Health/Watch").grpc_type,
+            "server_stream"
+        );
+        assert_eq!(
+            MethodLabels::from_path("/grpc.health.v1.Health/Check").grpc_type,
+            "unary"
+        );
+        assert_eq!(
+            MethodLabels::from_path("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+                .grpc_type,
+            "bidi_stream"
+        );
+    }
+
+    #[test]
+    fn exposition_uses_go_grpc_prometheus_names() {
+        let metrics = Metrics::new(None);
+        let get = MethodLabels::from_path("/helpdesk.v1.ConversationService/GetConversation");
+        metrics.call_started(&get);
+        metrics.call_handled(&get, tonic::Code::NotFound, 0.003);
+        metrics.auth_failed("TOKEN_MISSING");
+        let text = metrics.render();
+        assert!(text.contains(
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation",grpc_code="NotFound"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"grpc_server_handling_seconds_bucket{le="0.005",grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"auth_failures_total{reason="TOKEN_MISSING"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn waiters_are_calls_inside_without_a_connection() {
+        let metrics = Metrics::new(None);
+        let first = metrics.database_call();
+        let second = metrics.database_call();
+        assert_eq!(metrics.inner.database_calls.load(Ordering::Relaxed), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(metrics.inner.database_calls.load(Ordering::Relaxed), 0);
+    }
+}
