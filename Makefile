@@ -1,7 +1,7 @@
 # The README's commands. `make run` and `make test` need only the Rust
 # toolchain; anything else a check needs is installed under .tools/.
 
-.PHONY: run test lint fmt fuzz reliability bench clean-tools
+.PHONY: run test lint fmt fuzz reliability bench clients clean-tools
 
 ## Start the service on the embedded SQLite database with a demo workspace.
 run:
@@ -24,6 +24,11 @@ reliability:
 ## The service against PostgreSQL running the same statements (BENCH_QUICK=1: short).
 bench:
 	bash scripts/bench.sh
+
+## Regenerate every example client from proto/ (never committed): Node with
+## buf + protoc-gen-es (proto/buf.gen.yaml), Python with grpcio-tools.
+clients:
+	@bash scripts/clients.sh
 
 ## Static checks.
 lint:
