@@ -36,6 +36,11 @@ if "$BUF" breaking proto --against ".git#ref=$commit,subdir=proto"; then
     echo "buf-breaking: proto/ has no breaking change against $against"
 else
     status=$?
-    echo "buf-breaking: proto/ has breaking changes against $against (listed above)" >&2
+    # buf exits 100 when it found breaking changes; anything else is an error.
+    if [[ $status -eq 100 ]]; then
+        echo "buf-breaking: proto/ has breaking changes against $against (listed above)" >&2
+    else
+        echo "buf-breaking: buf failed (exit $status)" >&2
+    fi
     exit "$status"
 fi
