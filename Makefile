@@ -7,8 +7,8 @@
 run:
 	cargo run --locked -- serve --demo
 
-## Every test: rustfmt, buf lint, unit + integration on SQLite and PostgreSQL,
-## the Python polyglot client, and the demo's printed grpcurl call.
+## Every test: rustfmt, buf lint and breaking, unit + integration on SQLite and
+## PostgreSQL, the Python and Node polyglot clients, and the demo's grpcurl call.
 test:
 	@bash scripts/test.sh
 
