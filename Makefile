@@ -1,14 +1,14 @@
 # The README's commands. `make run` and `make test` need only the Rust
 # toolchain; anything else a check needs is installed under .tools/.
 
-.PHONY: run test lint fmt fuzz reliability bench clean-tools
+.PHONY: run test lint fmt fuzz reliability bench clients clean-tools
 
 ## Start the service on the embedded SQLite database with a demo workspace.
 run:
 	cargo run --locked -- serve --demo
 
-## Every test: rustfmt, buf lint, unit + integration on SQLite and PostgreSQL,
-## the Python polyglot client, and the demo's printed grpcurl call.
+## Every test: rustfmt, buf lint and breaking, unit + integration on SQLite and
+## PostgreSQL, the Python and Node polyglot clients, and the demo's grpcurl call.
 test:
 	@bash scripts/test.sh
 
@@ -24,6 +24,11 @@ reliability:
 ## The service against PostgreSQL running the same statements (BENCH_QUICK=1: short).
 bench:
 	bash scripts/bench.sh
+
+## Regenerate every example client from proto/ (never committed): Node with
+## buf + protoc-gen-es (proto/buf.gen.yaml), Python with grpcio-tools.
+clients:
+	@bash scripts/clients.sh
 
 ## Static checks.
 lint:

@@ -58,6 +58,13 @@ else
   skip "buf lint: buf could not be installed from npm (@bufbuild/buf)"
 fi
 
+step "buf breaking (against the previous commit)"
+if [ -x .tools/buf/node_modules/.bin/buf ]; then
+  run "buf breaking" scripts/buf-breaking.sh
+else
+  skip "buf breaking: buf could not be installed from npm (@bufbuild/buf)"
+fi
+
 step "cargo test on SQLite (unit, integration, properties)"
 cargo_test "cargo test (SQLite)" cargo test --locked --lib --bins --test api --test properties
 
@@ -90,6 +97,16 @@ if [ -x .tools/venv/bin/grpcurl ] && .tools/venv/bin/python -c 'import grpc_tool
   run "demo-smoke" scripts/demo-smoke.sh "$BIN"
 else
   skip "Python polyglot and demo checks: could not install $PY_PACKAGES from PyPI"
+fi
+
+step "polyglot check: a Node client (connect-es)"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  skip "Node polyglot check: node and npm are not installed"
+elif [ ! -d examples/node/node_modules ] \
+  && ! npm ci --ignore-scripts --loglevel=error --no-audit --no-fund --prefix examples/node >/dev/null 2>&1; then
+  skip "Node polyglot check: could not install examples/node's packages from npm"
+else
+  run "polyglot-node" scripts/polyglot-node.sh "$BIN"
 fi
 
 echo
