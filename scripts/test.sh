@@ -68,6 +68,9 @@ fi
 step "cargo test on SQLite (unit, integration, properties)"
 cargo_test "cargo test (SQLite)" cargo test --locked --lib --bins --test api --test properties
 
+step "doc examples (the Rust client in the crate docs must compile)"
+cargo_test "cargo test --doc" cargo test --locked --doc
+
 step "integration tests on PostgreSQL"
 if pg_url=$(scripts/postgres-test-db.sh); then
   cargo_test "cargo test (PostgreSQL)" env TEST_POSTGRES_URL="$pg_url" cargo test --locked --test api
