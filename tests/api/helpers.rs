@@ -19,6 +19,28 @@ use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
+/// The Prometheus exposition text at `addr`, fetched over plain HTTP/1.1.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
 /// One seeded workspace: its directory entries and tokens.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -203,26 +225,9 @@ impl TestApp {
             .expect("connect to the test server")
     }
 
-    /// The Prometheus exposition text, fetched over plain HTTP/1.1.
+    /// This server's Prometheus exposition text.
     pub async fn scrape_metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .expect("connect to the metrics listener");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: application/openmetrics-text"),
-            "{head}"
-        );
-        body.to_owned()
+        scrape_metrics(self.metrics_addr).await
     }
 
     pub async fn client(&self) -> ConversationServiceClient<Channel> {

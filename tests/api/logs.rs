@@ -156,7 +156,18 @@ async fn logs_carry_request_ids_and_never_a_token() {
 
 #[tokio::test]
 async fn json_log_lines_carry_the_request_and_trace_ids_and_no_token() {
-    let mut server = Binary::start(&["--log-format", "json"], &[("LOG_FILTER", "debug")]).await;
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = Binary::start(
+        &["--log-format", "json"],
+        &[
+            ("LOG_FILTER", "debug"),
+            ("METRICS_LISTEN", &metrics_addr.to_string()),
+        ],
+    )
+    .await;
     let ws = server.ws.clone();
     let mut request = create(&ws.token, &ws);
     request
@@ -170,6 +181,12 @@ async fn json_log_lines_carry_the_request_and_trace_ids_and_no_token() {
         .create_conversation(request)
         .await
         .expect("created");
+    // METRICS_LISTEN (the env twin of --metrics-listen) serves the counts.
+    let metrics = scrape_metrics(metrics_addr).await;
+    assert!(
+        metrics.contains(r#"grpc_server_handled_total{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="CreateConversation",grpc_code="OK"} 1"#),
+        "{metrics}"
+    );
 
     let log = server.stop();
     let lines: Vec<serde_json::Value> = log
