@@ -14,6 +14,7 @@
 //! replicas) never mix their counts.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -27,6 +28,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use prost::Message;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
@@ -39,32 +41,71 @@ const HANDLING_BUCKETS: [f64; 11] = [
 
 /// Which method a call is, as go-grpc-prometheus labels it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
-    pub grpc_type: &'static str,
-    pub grpc_service: String,
-    pub grpc_method: String,
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
 }
 
-impl MethodLabels {
-    /// Labels for a request path `/package.Service/Method`. The gRPC type
-    /// comes from the few streaming methods this server has; every other
-    /// method is unary.
-    pub fn from_path(path: &str) -> Self {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
-        let grpc_type = match (service, method) {
-            ("grpc.health.v1.Health", "Watch") => "server_stream",
-            ("grpc.reflection.v1.ServerReflection", _)
-            | ("grpc.reflection.v1alpha.ServerReflection", _) => "bidi_stream",
-            _ => "unary",
+/// The labels of every path that is not a served method. They share one
+/// series, so that callers probing random paths cannot grow the registry.
+const UNKNOWN: &str = "unknown";
+
+/// The methods described by `descriptor_sets` (encoded
+/// `FileDescriptorSet`s), by request path, with their gRPC type.
+fn methods_of(descriptor_sets: &[&[u8]]) -> Vec<(String, MethodLabels)> {
+    let mut methods = Vec::new();
+    for encoded in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*encoded) else {
+            continue;
         };
-        Self {
-            grpc_type,
-            grpc_service: service.to_owned(),
-            grpc_method: method.to_owned(),
+        for file in set.file {
+            for service in &file.service {
+                let service_name = match file.package() {
+                    "" => service.name().to_owned(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                for method in &service.method {
+                    let grpc_type = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => "unary",
+                        (true, false) => "client_stream",
+                        (false, true) => "server_stream",
+                        (true, true) => "bidi_stream",
+                    };
+                    methods.push((
+                        format!("/{service_name}/{}", method.name()),
+                        MethodLabels {
+                            grpc_type,
+                            grpc_service: service_name.clone(),
+                            grpc_method: method.name().to_owned(),
+                        },
+                    ));
+                }
+            }
         }
+    }
+    methods
+}
+
+/// One method's series, looked up once at start, so that a call costs a
+/// map lookup by path and atomic adds, with no label allocation.
+pub struct MethodMetrics {
+    started: Counter,
+    /// By `tonic::Code` number: every code is pre-registered at zero, as
+    /// go-grpc-prometheus's `InitializeMetrics` does, so rates and alerts
+    /// work before the first error.
+    handled: [Counter; 17],
+    handling_seconds: Histogram,
+}
+
+impl MethodMetrics {
+    pub fn started(&self) {
+        self.started.inc();
+    }
+
+    pub fn handled(&self, code: tonic::Code, seconds: f64) {
+        self.handled[code as usize].inc();
+        self.handling_seconds.observe(seconds);
     }
 }
 
@@ -95,9 +136,8 @@ pub struct Metrics {
 
 struct Inner {
     registry: Registry,
-    started: Family<MethodLabels, Counter>,
-    handled: Family<HandledLabels, Counter>,
-    handling_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    methods: HashMap<String, Arc<MethodMetrics>>,
+    unknown_method: Arc<MethodMetrics>,
     auth_failures: Family<AuthLabels, Counter>,
     pool_connections: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
@@ -108,8 +148,9 @@ struct Inner {
 }
 
 impl Metrics {
-    /// Metrics whose pool gauges read `db`'s pool at each scrape.
-    pub fn new(db: Option<DatabaseConnection>) -> Self {
+    /// Metrics for the methods `descriptor_sets` describe, whose pool
+    /// gauges read `db`'s pool at each scrape.
+    pub fn new(db: Option<DatabaseConnection>, descriptor_sets: &[&[u8]]) -> Self {
         let mut registry = Registry::default();
         let started = Family::<MethodLabels, Counter>::default();
         registry.register(
@@ -130,6 +171,31 @@ impl Metrics {
             "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
             handling_seconds.clone(),
         );
+        let series = |labels: &MethodLabels| {
+            Arc::new(MethodMetrics {
+                started: started.get_or_create(labels).clone(),
+                handled: std::array::from_fn(|code| {
+                    handled
+                        .get_or_create(&HandledLabels {
+                            grpc_type: labels.grpc_type,
+                            grpc_service: labels.grpc_service.clone(),
+                            grpc_method: labels.grpc_method.clone(),
+                            grpc_code: code_name(tonic::Code::from_i32(code as i32)),
+                        })
+                        .clone()
+                }),
+                handling_seconds: handling_seconds.get_or_create(labels).clone(),
+            })
+        };
+        let methods = methods_of(descriptor_sets)
+            .into_iter()
+            .map(|(path, labels)| (path, series(&labels)))
+            .collect();
+        let unknown_method = series(&MethodLabels {
+            grpc_type: "unary",
+            grpc_service: UNKNOWN.to_owned(),
+            grpc_method: UNKNOWN.to_owned(),
+        });
         let auth_failures = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_failures",
@@ -157,9 +223,8 @@ impl Metrics {
         Self {
             inner: Arc::new(Inner {
                 registry,
-                started,
-                handled,
-                handling_seconds,
+                methods,
+                unknown_method,
                 auth_failures,
                 pool_connections,
                 pool_max,
@@ -170,24 +235,13 @@ impl Metrics {
         }
     }
 
-    pub fn call_started(&self, method: &MethodLabels) {
-        self.inner.started.get_or_create(method).inc();
-    }
-
-    pub fn call_handled(&self, method: &MethodLabels, code: tonic::Code, seconds: f64) {
+    /// The series of the method at `path`, or the shared `unknown` ones.
+    pub fn method(&self, path: &str) -> Arc<MethodMetrics> {
         self.inner
-            .handled
-            .get_or_create(&HandledLabels {
-                grpc_type: method.grpc_type,
-                grpc_service: method.grpc_service.clone(),
-                grpc_method: method.grpc_method.clone(),
-                grpc_code: code_name(code),
-            })
-            .inc();
-        self.inner
-            .handling_seconds
-            .get_or_create(method)
-            .observe(seconds);
+            .methods
+            .get(path)
+            .unwrap_or(&self.inner.unknown_method)
+            .clone()
     }
 
     pub fn auth_failed(&self, reason: &str) {
@@ -292,53 +346,76 @@ pub async fn serve(metrics: Metrics, listener: TcpListener) -> std::io::Result<(
 mod tests {
     use super::*;
 
+    fn served() -> Metrics {
+        Metrics::new(
+            None,
+            &[
+                crate::proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+        )
+    }
+
     #[test]
-    fn labels_split_the_path_and_know_the_streaming_methods() {
-        let get = MethodLabels::from_path("/helpdesk.v1.ConversationService/GetConversation");
+    fn methods_and_their_types_come_from_the_descriptors() {
+        let methods: HashMap<_, _> = methods_of(&[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .into_iter()
+        .collect();
+        let get = &methods["/helpdesk.v1.ConversationService/GetConversation"];
         assert_eq!(get.grpc_service, "helpdesk.v1.ConversationService");
         assert_eq!(get.grpc_method, "GetConversation");
         assert_eq!(get.grpc_type, "unary");
         assert_eq!(
-            MethodLabels::from_path("/grpc.health.v1.Health/Watch").grpc_type,
+            methods["/grpc.health.v1.Health/Watch"].grpc_type,
             "server_stream"
         );
-        assert_eq!(
-            MethodLabels::from_path("/grpc.health.v1.Health/Check").grpc_type,
-            "unary"
-        );
-        assert_eq!(
-            MethodLabels::from_path("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
-                .grpc_type,
-            "bidi_stream"
-        );
+        assert_eq!(methods["/grpc.health.v1.Health/Check"].grpc_type, "unary");
+        assert_eq!(methods.len(), 4 + 2);
     }
 
     #[test]
     fn exposition_uses_go_grpc_prometheus_names() {
-        let metrics = Metrics::new(None);
-        let get = MethodLabels::from_path("/helpdesk.v1.ConversationService/GetConversation");
-        metrics.call_started(&get);
-        metrics.call_handled(&get, tonic::Code::NotFound, 0.003);
+        let metrics = served();
+        let get = metrics.method("/helpdesk.v1.ConversationService/GetConversation");
+        get.started();
+        get.handled(tonic::Code::NotFound, 0.003);
         metrics.auth_failed("TOKEN_MISSING");
         let text = metrics.render();
-        assert!(text.contains(
-            r#"grpc_server_started_total{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation"} 1"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation",grpc_code="NotFound"} 1"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"grpc_server_handling_seconds_bucket{le="0.005",grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation"} 1"#
-        ), "{text}");
+        let labels = r#"grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation""#;
+        for line in [
+            format!("grpc_server_started_total{{{labels}}} 1"),
+            format!(r#"grpc_server_handled_total{{{labels},grpc_code="NotFound"}} 1"#),
+            // Every code of every method is there from the start.
+            format!(r#"grpc_server_handled_total{{{labels},grpc_code="Unauthenticated"}} 0"#),
+            format!(r#"grpc_server_handling_seconds_bucket{{le="0.005",{labels}}} 1"#),
+            r#"auth_failures_total{reason="TOKEN_MISSING"} 1"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_share_one_series() {
+        let metrics = served();
+        for path in ["/nope.Service/Method", "/x/y", "garbage"] {
+            metrics
+                .method(path)
+                .handled(tonic::Code::Unimplemented, 0.0);
+        }
+        let text = metrics.render();
         assert!(
-            text.contains(r#"auth_failures_total{reason="TOKEN_MISSING"} 1"#),
+            text.lines().any(|l| l == r#"grpc_server_handled_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown",grpc_code="Unimplemented"} 3"#),
             "{text}"
         );
+        assert!(!text.contains("nope"), "{text}");
     }
 
     #[test]
     fn waiters_are_calls_inside_without_a_connection() {
-        let metrics = Metrics::new(None);
+        let metrics = served();
         let first = metrics.database_call();
         let second = metrics.database_call();
         assert_eq!(metrics.inner.database_calls.load(Ordering::Relaxed), 2);

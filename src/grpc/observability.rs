@@ -14,6 +14,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -35,7 +36,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::metrics::{MethodLabels, Metrics};
+use super::metrics::{MethodMetrics, Metrics};
 
 /// The metadata key a request id travels in, both ways.
 pub const REQUEST_ID_KEY: &str = "x-request-id";
@@ -116,7 +117,7 @@ where
 
 /// One call in flight: ends when its status is known.
 struct Call {
-    method: MethodLabels,
+    method: Arc<MethodMetrics>,
     request_id: String,
     span: tracing::Span,
     started: Instant,
@@ -126,28 +127,34 @@ struct Call {
 impl Call {
     fn begin<B>(request: &http::Request<B>, metrics: Metrics) -> Self {
         let path = request.uri().path();
-        let method = MethodLabels::from_path(path);
+        let (service, method_name) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
         let request_id = request_id(request.headers());
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        let remote = parent.span().span_context().clone();
         let span = tracing::info_span!(
             "rpc",
             otel.name = path.trim_start_matches('/'),
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.service = %method.grpc_service,
-            rpc.method = %method.grpc_method,
+            rpc.service = service,
+            rpc.method = method_name,
             %request_id,
             trace_id = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        if remote.is_valid() {
-            span.record("trace_id", tracing::field::display(remote.trace_id()));
-            // Fails only when no OpenTelemetry layer is installed, which is
-            // the no-export case: nothing to join then.
-            let _ = span.set_parent(parent);
+        if request.headers().contains_key("traceparent") {
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            let remote = parent.span().span_context().clone();
+            if remote.is_valid() {
+                span.record("trace_id", tracing::field::display(remote.trace_id()));
+                // Fails only when no OpenTelemetry layer is installed, which
+                // is the no-export case: nothing to join then.
+                let _ = span.set_parent(parent);
+            }
         }
-        metrics.call_started(&method);
+        let method = metrics.method(path);
+        method.started();
         Self {
             method,
             request_id,
@@ -206,7 +213,7 @@ impl Call {
 
     fn end(self, code: Code) {
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.call_handled(&self.method, code, seconds);
+        self.method.handled(code, seconds);
         self.span.record("rpc.grpc.status_code", code as i32);
         tracing::debug!(parent: &self.span, ?code, seconds, "call finished");
     }

@@ -111,7 +111,15 @@ pub async fn serve(
     .await?;
     let tokens = TokenTable::load(&db).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics = Metrics::new(Some(db.clone()));
+    let metrics = Metrics::new(
+        Some(db.clone()),
+        &[
+            FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+    );
     // Scrapes keep working through the shutdown, until `serve` returns.
     let metrics_server =
         metrics_listener.map(|listener| tokio::spawn(metrics::serve(metrics.clone(), listener)));
