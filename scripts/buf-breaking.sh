@@ -5,9 +5,10 @@
 #
 #   scripts/buf-breaking.sh [REF]      (default: HEAD~1, the previous commit)
 #
-# With no such commit (the first commit, or a shallow clone) it compares
-# against HEAD and says so; if proto/ did not exist at REF there is nothing to
-# break and it says that. Uses buf from .tools/buf (or $BUF).
+# With no such commit (the first commit, or a shallow clone whose parent
+# cannot be fetched) it compares against HEAD and says so, except under
+# CI=true, where that would check nothing and it fails instead. If proto/
+# did not exist at REF there is nothing to break and it says that. Uses buf from .tools/buf (or $BUF).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,9 +21,21 @@ if ! commit="$(git rev-parse --verify --quiet "$ref^{commit}")"; then
         echo "buf-breaking: no commit $ref" >&2
         exit 1
     fi
-    echo "buf-breaking: no commit $ref (first commit or shallow clone); comparing against HEAD"
-    ref=HEAD
-    commit="$(git rev-parse --verify "HEAD^{commit}")"
+    # A shallow clone may just lack the parent: try to fetch it.
+    if [[ "$(git rev-parse --is-shallow-repository)" == true ]]; then
+        git fetch --quiet --deepen=1 2>/dev/null || true
+    fi
+    if ! commit="$(git rev-parse --verify --quiet "$ref^{commit}")"; then
+        # Under CI a comparison of HEAD with itself would pass without
+        # checking anything: refuse instead.
+        if [[ "${CI:-false}" == true ]]; then
+            echo "buf-breaking: no commit $ref to compare against (shallow clone?); CI=true needs one" >&2
+            exit 1
+        fi
+        echo "buf-breaking: no commit $ref (first commit or shallow clone); comparing against HEAD"
+        ref=HEAD
+        commit="$(git rev-parse --verify "HEAD^{commit}")"
+    fi
 fi
 if ! git cat-file -e "$commit:proto" 2>/dev/null; then
     echo "buf-breaking: $ref ($(git rev-parse --short "$commit")) has no proto/; nothing to compare against"

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = cli::run(config).await;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -8,7 +8,7 @@
 //!   standard `OTEL_*` variables; with neither set, nothing is exported and
 //!   no exporter runs.
 
-use std::io::IsTerminal;
+use std::{ffi::OsString, io::IsTerminal, time::Duration};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
@@ -25,25 +25,40 @@ pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
 }
 
+/// The longest the exit waits for buffered spans: a collector that does not
+/// answer must not hold the process past its shutdown grace.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Telemetry {
-    /// Sends the spans still buffered. Call before the process exits.
-    pub fn shutdown(self) {
-        if let Some(provider) = self.traces
-            && let Err(err) = provider.shutdown()
-        {
+    /// Sends the spans still buffered, waiting at most [`FLUSH_TIMEOUT`].
+    /// Call before the process exits.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.traces else {
+            return;
+        };
+        // The flush blocks its thread; the exporter's channel needs the
+        // runtime's workers meanwhile.
+        let flushed =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
+                .await;
+        if let Ok(Err(err)) = flushed {
             eprintln!("warning: could not flush traces: {err}");
         }
     }
 }
 
-/// Whether the environment asks for OTLP export.
+/// Whether the environment asks for OTLP export: an endpoint is set.
 pub fn otlp_requested() -> bool {
+    otlp_requested_by(|name| std::env::var_os(name))
+}
+
+fn otlp_requested_by(var: impl Fn(&str) -> Option<OsString>) -> bool {
     [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     ]
     .iter()
-    .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+    .any(|name| var(name).is_some_and(|value| !value.is_empty()))
 }
 
 /// Installs the global subscriber. Must run inside the Tokio runtime: the
@@ -86,4 +101,31 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
         .with(export)
         .try_init()?;
     Ok(Telemetry { traces })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_only_when_an_endpoint_is_set() {
+        let with = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, OsString)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), OsString::from(v)))
+                .collect();
+            otlp_requested_by(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]));
+        assert!(!with(&[("OTEL_SERVICE_NAME", "x")]));
+        assert!(with(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://127.0.0.1:4317"
+        )]));
+        assert!(with(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://127.0.0.1:4317"
+        )]));
+    }
 }

@@ -96,10 +96,12 @@ where
         // The clone takes the place of the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let call = Call::begin(&request, self.metrics.clone());
+        let mut call = Call::begin(&request, self.metrics.clone());
         // Entered while `call` runs too: the auth interceptor logs there.
         let future = call.span.in_scope(|| inner.call(request));
         let span = call.span.clone();
+        // If this future is dropped before an answer (the client reset the
+        // stream, the connection closed), dropping `call` ends it CANCELLED.
         Box::pin(
             async move {
                 match future.await {
@@ -115,13 +117,15 @@ where
     }
 }
 
-/// One call in flight: ends when its status is known.
+/// One call in flight. It ends once, when its status is known, or as
+/// CANCELLED when it is dropped before that.
 struct Call {
     method: Arc<MethodMetrics>,
     request_id: String,
     span: tracing::Span,
     started: Instant,
     metrics: Metrics,
+    ended: bool,
 }
 
 impl Call {
@@ -142,6 +146,7 @@ impl Call {
             %request_id,
             trace_id = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         if request.headers().contains_key("traceparent") {
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
@@ -161,12 +166,13 @@ impl Call {
             span,
             started: Instant::now(),
             metrics,
+            ended: false,
         }
     }
 
     /// Echoes the request id; a trailers-only response is an error known
     /// now, any other's status comes in the trailers at the end of the body.
-    fn respond(self, mut response: http::Response<Body>) -> http::Response<Body> {
+    fn respond(mut self, mut response: http::Response<Body>) -> http::Response<Body> {
         if let Ok(value) = http::HeaderValue::from_str(&self.request_id) {
             response.headers_mut().insert(REQUEST_ID_KEY, value);
         }
@@ -182,7 +188,7 @@ impl Call {
             None => response.map(|body| {
                 Body::new(ObservedBody {
                     inner: body,
-                    call: Some(self),
+                    call: self,
                 })
             }),
         }
@@ -211,12 +217,38 @@ impl Call {
         Status::with_error_details_vec(status.code(), status.message(), details)
     }
 
-    fn end(self, code: Code) {
+    fn end(&mut self, code: Code) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         self.method.handled(code, seconds);
         self.span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
         tracing::debug!(parent: &self.span, ?code, seconds, "call finished");
     }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled);
+    }
+}
+
+/// The codes OpenTelemetry's gRPC conventions mark a server span failed
+/// with: the server's fault, not the caller's.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// A response body that ends its call when the trailers (and with them the
@@ -224,7 +256,7 @@ impl Call {
 /// client went away.
 struct ObservedBody {
     inner: Body,
-    call: Option<Call>,
+    call: Call,
 }
 
 impl HttpBody for ObservedBody {
@@ -237,17 +269,19 @@ impl HttpBody for ObservedBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let ended = match &polled {
+            // Only the code is needed: no Status (and its details) is built.
             Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(|trailers| {
-                Status::from_header_map(trailers).map_or(Code::Ok, |status| status.code())
+                trailers
+                    .get("grpc-status")
+                    .map_or(Code::Unknown, |code| Code::from_bytes(code.as_bytes()))
             }),
             Poll::Ready(Some(Err(status))) => Some(status.code()),
-            Poll::Ready(None) => Some(Code::Ok),
+            // A gRPC response that ends without a status is UNKNOWN.
+            Poll::Ready(None) => Some(Code::Unknown),
             Poll::Pending => None,
         };
-        if let Some(code) = ended
-            && let Some(call) = self.call.take()
-        {
-            call.end(code);
+        if let Some(code) = ended {
+            self.call.end(code);
         }
         polled
     }
@@ -258,14 +292,6 @@ impl HttpBody for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.end(Code::Cancelled);
-        }
     }
 }
 
@@ -301,5 +327,56 @@ mod tests {
             assert!(Uuid::parse_str(&replaced).is_ok(), "{bad:?} -> {replaced}");
         }
         assert!(Uuid::parse_str(&request_id(&http::HeaderMap::new())).is_ok());
+    }
+
+    fn handled_line(code: &str, count: u32) -> String {
+        format!(
+            r#"grpc_server_handled_total{{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="GetConversation",grpc_code="{code}"}} {count}"#
+        )
+    }
+
+    fn get_request() -> http::Request<()> {
+        http::Request::builder()
+            .uri("/helpdesk.v1.ConversationService/GetConversation")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_call_dropped_before_its_answer_ends_cancelled() {
+        let metrics = Metrics::new(None, &[crate::proto::FILE_DESCRIPTOR_SET]);
+        let never = tower::service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<http::Response<Body>, std::convert::Infallible>>()
+        });
+        let mut service = ObservabilityLayer(metrics.clone()).layer(never);
+        let in_flight = service.call(get_request());
+        let text = metrics.render();
+        assert!(text.contains(&handled_line("Canceled", 0)), "{text}");
+        drop(in_flight);
+        let text = metrics.render();
+        assert!(text.contains(&handled_line("Canceled", 1)), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_status_in_the_trailers_ends_the_call_once() {
+        use http_body_util::BodyExt;
+        let metrics = Metrics::new(None, &[crate::proto::FILE_DESCRIPTOR_SET]);
+        let answer = tower::service_fn(|_: http::Request<()>| async {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "5".parse().unwrap());
+            let body = http_body_util::StreamBody::new(tokio_stream::iter([
+                Ok::<_, Status>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                Ok(Frame::trailers(trailers)),
+            ]));
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::new(body)))
+        });
+        let mut service = ObservabilityLayer(metrics.clone()).layer(answer);
+        let response = service.call(get_request()).await.unwrap();
+        assert!(response.headers().contains_key(REQUEST_ID_KEY));
+        let body = response.into_body().collect().await.unwrap();
+        assert_eq!(body.trailers().unwrap()["grpc-status"], "5");
+        let text = metrics.render();
+        assert!(text.contains(&handled_line("NotFound", 1)), "{text}");
+        assert!(text.contains(&handled_line("Canceled", 0)), "{text}");
     }
 }
