@@ -14,7 +14,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
-use super::{begin_write, directory, error::is_unique_violation};
+use super::{Db, begin_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
     Priority, Status,
@@ -41,7 +41,7 @@ fn find_scoped(workspace_id: Uuid, id: Uuid) -> sea_orm::Select<Entity> {
 /// Creates a conversation, or, for a retried `request_id`, returns the one
 /// the first attempt created (AIP-155).
 pub async fn create(
-    db: &DatabaseConnection,
+    db: &Db,
     workspace_id: Uuid,
     new: NewConversation,
     request_id: Option<Uuid>,
@@ -87,7 +87,7 @@ pub async fn create(
             // lookup and our insert: answer as a retry would be answered.
             Some((request_id, fingerprint)) if is_unique_violation(&err) => {
                 drop(txn);
-                let existing = find_by_request_id(db, workspace_id, *request_id)
+                let existing = find_by_request_id(&**db, workspace_id, *request_id)
                     .await?
                     .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
                 replay(existing, fingerprint)
@@ -120,7 +120,7 @@ fn replay(existing: Model, fingerprint: &str) -> Result<Conversation, Error> {
 /// Applies `patch` to a conversation of the workspace. A non-empty
 /// `expected_etag` that differs from the stored one aborts without writing.
 pub async fn update(
-    db: &DatabaseConnection,
+    db: &Db,
     workspace_id: Uuid,
     id: Uuid,
     patch: &ConversationPatch,

@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
 
-use crate::db;
+use crate::db::{self, Db};
 use crate::domain::auth::{Ability, Principal, is_well_formed, token_hash};
 use crate::error::{AuthFailure, Error};
 
@@ -52,12 +52,7 @@ impl TokenTable {
     }
 
     /// Reloads every `interval` until `stop` turns true.
-    pub async fn refresh(
-        self,
-        db: DatabaseConnection,
-        interval: Duration,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn refresh(self, db: Db, interval: Duration, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

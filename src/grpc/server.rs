@@ -82,7 +82,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let db = db::connect(database).await?;
-    let probe = db::connect(&DbSettings {
+    let probe = db::connect_reads(&DbSettings {
         max_connections: 1,
         ..database.clone()
     })

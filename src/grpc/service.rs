@@ -2,21 +2,20 @@
 //! convert back. Errors travel as `crate::error::Error` and become a Status
 //! in one place.
 
-use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::convert::{self, UpdateCommand};
-use crate::db;
+use crate::db::{self, Db};
 use crate::domain::{auth::Ability, list::PageToken};
 use crate::proto::v1::{self as pb, conversation_service_server::ConversationService};
 
 pub struct ConversationApi {
-    db: DatabaseConnection,
+    db: Db,
 }
 
 impl ConversationApi {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: Db) -> Self {
         Self { db }
     }
 }
