@@ -30,7 +30,7 @@ pub async fn get(
     workspace_id: Uuid,
     id: Uuid,
 ) -> Result<Conversation, Error> {
-    let row = find_scoped(workspace_id, id).one(db).await?;
+    let row = super::hot::by_id(db, workspace_id, id).await?;
     to_domain(row.ok_or(Error::ConversationNotFound)?)
 }
 

@@ -5,6 +5,7 @@ pub mod conversation;
 pub mod directory;
 pub mod entity;
 pub mod error;
+pub mod hot;
 pub mod list;
 pub mod migration;
 pub mod token;

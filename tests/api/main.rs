@@ -11,4 +11,5 @@ mod list;
 mod logs;
 mod replicas;
 mod serving;
+mod storage;
 mod update;
