@@ -182,14 +182,24 @@ pub async fn serve(
 }
 
 /// One span per call, carrying the method and a request id: the caller's
-/// `x-request-id` when it sent a sane one, a fresh UUID otherwise.
+/// `x-request-id` when it sent a sane one, a fresh UUID otherwise. The
+/// fields are filled only when the span is recorded: with logs below INFO
+/// a call costs no UUID and no formatting.
 fn call_span(request: &http::Request<()>) -> tracing::Span {
-    let request_id = request
+    use tracing::field::{Empty, display};
+    let span = tracing::info_span!("rpc", method = Empty, request_id = Empty);
+    if span.is_disabled() {
+        return span;
+    }
+    let sent = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    tracing::info_span!("rpc", method = %request.uri().path(), %request_id)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    span.record("method", display(request.uri().path()));
+    match sent {
+        Some(request_id) => span.record("request_id", display(request_id)),
+        None => span.record("request_id", display(Uuid::new_v4())),
+    };
+    span
 }
