@@ -9,7 +9,6 @@
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect,
 };
 use uuid::Uuid;
 
@@ -32,10 +31,6 @@ pub async fn get(
 ) -> Result<Conversation, Error> {
     let row = super::hot::by_id(db, workspace_id, id).await?;
     to_domain(row.ok_or(Error::ConversationNotFound)?)
-}
-
-fn find_scoped(workspace_id: Uuid, id: Uuid) -> sea_orm::Select<Entity> {
-    Entity::find_by_id(id).filter(Column::WorkspaceId.eq(workspace_id))
 }
 
 /// Creates a conversation, or, for a retried `request_id`, returns the one
@@ -127,9 +122,7 @@ pub async fn update(
     expected_etag: Option<&str>,
 ) -> Result<Conversation, Error> {
     let txn = begin_write(db).await?;
-    let row = find_scoped(workspace_id, id)
-        .lock_exclusive()
-        .one(&txn)
+    let row = super::hot::by_id_for_update(&txn, workspace_id, id)
         .await?
         .ok_or(Error::ConversationNotFound)?;
     let current = to_domain(row)?;

@@ -11,8 +11,9 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnAcquireErr, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, RuntimeErr, sqlx,
+    ColumnTrait, ConnAcquireErr, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, RuntimeErr, Statement, sqlx,
 };
 use uuid::Uuid;
 
@@ -25,6 +26,13 @@ struct Sql {
 }
 
 impl Sql {
+    fn for_backend(&'static self, backend: DbBackend) -> &'static str {
+        match backend {
+            DbBackend::Postgres => &self.postgres,
+            _ => &self.sqlite,
+        }
+    }
+
     fn build(query: impl Fn() -> sea_orm::Select<Entity>) -> Self {
         Self {
             postgres: query().build(DbBackend::Postgres).sql,
@@ -38,6 +46,17 @@ static BY_ID: LazyLock<Sql> = LazyLock::new(|| {
     Sql::build(|| {
         Entity::find_by_id(Uuid::nil())
             .filter(Column::WorkspaceId.eq(Uuid::nil()))
+            .limit(1)
+    })
+});
+
+/// `BY_ID` under a write lock (`FOR UPDATE` on PostgreSQL; SQLite's write
+/// transaction holds the whole database). Same parameters.
+static BY_ID_FOR_UPDATE: LazyLock<Sql> = LazyLock::new(|| {
+    Sql::build(|| {
+        Entity::find_by_id(Uuid::nil())
+            .filter(Column::WorkspaceId.eq(Uuid::nil()))
+            .lock_exclusive()
             .limit(1)
     })
 });
@@ -103,6 +122,26 @@ pub async fn by_id(
         workspace_id,
         1_i64
     )
+}
+
+/// The conversation `id` of the workspace, locked for the rest of the write
+/// transaction `txn`. It runs in SeaORM's transaction, so only the query
+/// building is saved; the row decodes as SeaORM's own queries do.
+pub async fn by_id_for_update(
+    txn: &DatabaseTransaction,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Model>, DbErr> {
+    let backend = txn.get_database_backend();
+    let statement = Statement::from_sql_and_values(
+        backend,
+        BY_ID_FOR_UPDATE.for_backend(backend),
+        [id.into(), workspace_id.into(), 1_u64.into()],
+    );
+    match txn.query_one_raw(statement).await? {
+        Some(row) => Model::from_query_result(&row, "").map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The workspace's `limit` newest conversations.

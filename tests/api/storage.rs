@@ -1,7 +1,7 @@
 //! Storage checks the API alone would not pin down.
 
 use conversation_service::{
-    db::{entity::conversation, hot},
+    db::{self, entity::conversation, hot},
     proto::v1 as pb,
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -54,8 +54,16 @@ async fn prebuilt_statements_decode_every_column_as_seaorm_does() {
             .unwrap()
             .unwrap();
         let found = hot::by_id(&app.db, app.a.id, id).await.unwrap();
-        assert_eq!(found, Some(expected));
+        assert_eq!(found, Some(expected.clone()));
         assert_eq!(hot::by_id(&app.db, app.b.id, id).await.unwrap(), None);
+        let txn = db::begin_write(&app.db).await.unwrap();
+        let locked = hot::by_id_for_update(&txn, app.a.id, id).await.unwrap();
+        assert_eq!(locked, Some(expected));
+        assert_eq!(
+            hot::by_id_for_update(&txn, app.b.id, id).await.unwrap(),
+            None
+        );
+        txn.commit().await.unwrap();
     }
 
     let expected = conversation::Entity::find()
