@@ -8,11 +8,14 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, Iterable, ModelTrait, QueryFilter,
+    sea_query::{Expr, Query},
 };
 use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
+use super::entity::customer;
 use super::{Db, begin_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
@@ -51,12 +54,7 @@ pub async fn create(
     }
 
     let references = CreateReferences {
-        customer_in_workspace: directory::customer_in_workspace(
-            &txn,
-            workspace_id,
-            new.customer_id,
-        )
-        .await?,
+        customer_in_workspace: true,
         origin_agent: match new.origin_agent_id {
             Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
             None => None,
@@ -66,17 +64,36 @@ pub async fn create(
             None => None,
         },
     };
-    let conversation =
-        rules::plan_create(&new, Uuid::now_v7(), workspace_id, references, time::now())?;
-    let mut row = to_model(&conversation).into_active_model();
-    row.request_id = Set(request_id);
-    row.request_fingerprint = Set(key.as_ref().map(|(_, fingerprint)| fingerprint.clone()));
+    let (id, now) = (Uuid::now_v7(), time::now());
+    let plan = |customer_in_workspace| {
+        let references = CreateReferences {
+            customer_in_workspace,
+            ..references
+        };
+        rules::plan_create(&new, id, workspace_id, references, now)
+    };
+    // The INSERT checks that the customer is in the workspace (one statement
+    // instead of two), so the plan assumes it is. A refusal names every
+    // problem, so then the customer is looked up after all.
+    let conversation = match plan(true) {
+        Ok(conversation) => conversation,
+        Err(_) => {
+            plan(directory::customer_in_workspace(&txn, workspace_id, new.customer_id).await?)?
+        }
+    };
+    let mut row = to_model(&conversation);
+    row.request_id = request_id;
+    row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
-    match Entity::insert(row).exec_with_returning(&txn).await {
-        Ok(row) => {
+    match insert_for_customer(&txn, row).await {
+        Ok(Some(row)) => {
             txn.commit().await?;
             to_domain(row)
         }
+        Ok(None) => Err(plan(false).err().map_or_else(
+            || Error::Internal("a missing customer was not refused".into()),
+            Error::from,
+        )),
         Err(err) => match &key {
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
@@ -89,6 +106,38 @@ pub async fn create(
             }
             _ => Err(err.into()),
         },
+    }
+}
+
+/// Inserts `row` if its customer is in its workspace, in one statement:
+/// `INSERT INTO conversations (...) SELECT $1, ... WHERE EXISTS (SELECT 1
+/// FROM customers WHERE id = ... AND workspace_id = ...) RETURNING ...`.
+/// `None` when the customer is not there.
+async fn insert_for_customer(
+    txn: &DatabaseTransaction,
+    row: Model,
+) -> Result<Option<Model>, DbErr> {
+    let customer_in_workspace = Query::select()
+        .expr(Expr::cust("1"))
+        .from(customer::Entity)
+        .and_where(customer::Column::Id.eq(row.customer_id))
+        .and_where(customer::Column::WorkspaceId.eq(row.workspace_id))
+        .to_owned();
+    let values = Query::select()
+        .exprs(Column::iter().map(|column| Expr::val(row.get(column))))
+        .and_where(Expr::exists(customer_in_workspace))
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(Entity)
+        .columns(Column::iter())
+        .select_from(values)
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .returning_all()
+        .to_owned();
+    let statement = txn.get_database_backend().build(&insert);
+    match txn.query_one_raw(statement).await? {
+        Some(row) => Model::from_query_result(&row, "").map(Some),
+        None => Ok(None),
     }
 }
 
