@@ -13,6 +13,10 @@
 #     process, and PostgreSQL's postmaster (with its reaped children) plus
 #     its live backends.
 #  4. A table on stdout and target/bench/latest.json.
+#
+# The cluster may be shared: the bench uses its own database (BENCH_DATABASE,
+# default cs_bench_PID) and drops it at the end. BENCH_SQLITE_ONLY=1 runs only
+# the SQLite half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,24 +30,46 @@ OPS=(${BENCH_OPS:-get list_first list_deep update create})
 OUT=$PWD/target/bench
 mkdir -p "$OUT"
 work=$(mktemp -d)
-trap 'kill "${server_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+cleanup() {
+  kill "${server_pid:-}" 2>/dev/null || true
+  wait "${server_pid:-}" 2>/dev/null || true
+  [ -n "${db:-}" ] && psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 say() { printf '==> %s\n' "$*" >&2; }
-
-say "PostgreSQL"
-admin_url=$(scripts/postgres-test-db.sh)
-read -r pg_version pg_cluster _ _ _ pg_data pg_log < <(pg_lsclusters --no-header | head -1)
-export PGPASSWORD=conversation_test PGHOST=127.0.0.1 PGUSER=conversation_test
-db=cs_bench
-psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-url="${admin_url%/*}/$db"
-as_postgres() { su - postgres -c "psql -qAtX -d $db -c \"$1\""; }
 
 say "release build"
 cargo build --locked --release --bin conversation-service >&2
 cargo bench --locked --bench load --no-run >&2 2>&1 | tail -1 >&2
 BIN=target/release/conversation-service
 load() { cargo bench --locked --bench load -q 2>/dev/null; }
+
+results="$OUT/results.jsonl"; : > "$results"
+rss_kib=0
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_server() {
+  LISTEN_ADDR=127.0.0.1:$port CONCURRENCY_LIMIT=100000 DATABASE_MAX_CONNECTIONS=$CONCURRENCY $BIN serve 2>"$OUT/server.log" &
+  server_pid=$!
+  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.1; done
+  echo "the service did not start" >&2; exit 1
+}
+export BENCH_ADDR=127.0.0.1:$port
+
+# BENCH_SQLITE_ONLY=1 skips PostgreSQL.
+if [ "${BENCH_SQLITE_ONLY:-0}" != 1 ]; then
+say "PostgreSQL"
+# The cluster may be shared: the bench only checks that it answers (see
+# scripts/postgres-test-db.sh to set one up) and touches no database but its
+# own, which it drops when it ends.
+pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL does not answer on 127.0.0.1:5432 (scripts/postgres-test-db.sh sets it up)" >&2; exit 1; }
+read -r pg_version pg_cluster _ _ _ pg_data pg_log < <(pg_lsclusters --no-header | head -1)
+export PGPASSWORD=conversation_test PGHOST=127.0.0.1 PGUSER=conversation_test
+db=${BENCH_DATABASE:-cs_bench_$$}
+psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+url="postgres://conversation_test:conversation_test@127.0.0.1:5432/$db"
+as_postgres() { su - postgres -c "psql -qAtX -d $db -c \"$1\""; }
 
 say "seeding $ROWS conversations"
 export DATABASE_URL=$url LOG_FILTER=warn
@@ -56,14 +82,7 @@ psql -qAtX -d $db -c "INSERT INTO conversations (id, workspace_id, channel, cust
          now() - n * interval '1 second', now() - n * interval '1 second', 1
   FROM generate_series(1, $ROWS) AS n" -c "VACUUM ANALYZE conversations"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-start_server() {
-  LISTEN_ADDR=127.0.0.1:$port CONCURRENCY_LIMIT=100000 DATABASE_MAX_CONNECTIONS=$CONCURRENCY $BIN serve 2>"$OUT/server.log" &
-  server_pid=$!
-  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.1; done
-  echo "the service did not start" >&2; exit 1
-}
-export BENCH_ADDR=127.0.0.1:$port BENCH_TOKEN=$token BENCH_CUSTOMER=$customer BENCH_ROWS=$ROWS
+export BENCH_TOKEN=$token BENCH_CUSTOMER=$customer BENCH_ROWS=$ROWS
 
 say "capturing the service's statements"
 as_postgres "ALTER DATABASE $db SET log_statement = 'all'"
@@ -92,7 +111,6 @@ pg_ticks() {
 
 say "measuring: $CONCURRENCY callers, ${SECONDS_PER_OP}s per operation"
 start_server
-results="$OUT/results.jsonl"; : > "$results"
 for op in "${OPS[@]}"; do
   s0=$(ticks "$server_pid"); p0=$(pg_ticks)
   service=$(BENCH_OP=$op BENCH_CONCURRENCY=$CONCURRENCY BENCH_SECONDS=$SECONDS_PER_OP load)
@@ -133,6 +151,7 @@ say "peak RSS at 256 callers"
 BENCH_OP=get BENCH_CONCURRENCY=256 BENCH_SECONDS=$SECONDS_PER_OP load > "$OUT/rss-run.json"
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+fi
 
 # SQLite, the embedded default: the service beside python3's sqlite3 module
 # running the statements the service sent (scripts/bench_sqlite.py).
@@ -182,10 +201,13 @@ for o in ops:
     print(f"{names[o['op']]:38} {o['service_rps']:>10.0f} {o['pgbench_tps']:>12.0f} {o['ratio']:>6.2f} "
           f"{o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms {o['pgbench_p50_ms']:>5.2f}ms {o['pgbench_p99_ms']:>5.2f}ms "
           f"{o['service_cpu_us_per_request']:>9.0f}us {o['postgres_cpu_us_per_statement']:>9.0f}us")
-first = next(o for o in ops if o["op"] == "list_first")
-deep = next(o for o in ops if o["op"] == "list_deep")
-print(f"\npage 1,000 p50 / page 1 p50: {deep['service_p50_ms'] / first['service_p50_ms']:.2f} (target <= 1.5)")
-print(f"service peak RSS after 256 concurrent callers: {int(rss) / 1024:.1f} MiB (target < 64 MiB)")
+first = next((o for o in ops if o["op"] == "list_first"), None)
+deep = next((o for o in ops if o["op"] == "list_deep"), None)
+deep_ratio = deep["service_p50_ms"] / first["service_p50_ms"] if first and deep else None
+if deep_ratio is not None:
+    print(f"\npage 1,000 p50 / page 1 p50: {deep_ratio:.2f} (target <= 1.5)")
+if ops:
+    print(f"service peak RSS after 256 concurrent callers: {int(rss) / 1024:.1f} MiB (target < 64 MiB)")
 print(f"\nSQLite ({int(sqlite_rows):,} rows; python3 sqlite3, one connection, same statements)")
 print(f"{'operation':12} {'svc RPC/s':>10} {'sqlite3 ops/s':>14} {'ratio':>6} {'svc p50':>8} {'svc p99':>8}   (target ratio >= 0.5)")
 for o in sqlite:
@@ -194,7 +216,7 @@ report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
           "settings": {"rows": int(rows), "concurrency": int(conc), "seconds_per_op": int(secs)},
           "operations": ops, "service_peak_rss_kib": int(rss),
           "sqlite": {"rows": int(sqlite_rows), "operations": sqlite},
-          "deep_over_first_page_p50": deep["service_p50_ms"] / first["service_p50_ms"]}
+          "deep_over_first_page_p50": deep_ratio}
 json.dump(report, open(f"{out}/latest.json", "w"), indent=2)
 print(f"written: {out}/latest.json")
 PY

@@ -61,8 +61,15 @@ def statements(log_path):
 def params(sql, values):
     """A value for each `?`, by the column it is compared with or inserted into."""
     if sql.upper().startswith("INSERT"):
-        columns = re.search(r"\(([^)]*)\)\s*VALUES", sql).group(1)
-        return [values[c.strip().strip('"')] for c in columns.split(",")]
+        # INSERT INTO t (cols) VALUES (...), or INSERT INTO t (cols) SELECT
+        # ... WHERE EXISTS (customer id, workspace id): the create's form.
+        columns = re.search(r'INSERT INTO "\w+" \(([^)]*)\)', sql).group(1)
+        found = [values[c.strip().strip('"')] for c in columns.split(",")]
+        if "EXISTS" in sql:
+            found += [values["customer_id"], values["workspace_id"]]
+        if len(found) != sql.count("?"):
+            raise SystemExit(f"cannot map the parameters of: {sql[:120]}")
+        return found
     found = []
     for m in re.finditer(r'"(\w+)"\s*(?:=|<>|<|>|<=|>=)\s*\?|(LIMIT)\s*\?', sql):
         found.append(values["__limit"] if m.group(2) else values[m.group(1)])

@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "DATABASE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
     pub database_timeout: Duration,
 
+    /// SQLite only: how long a write waits while another process (the CLI
+    /// while `serve` runs) holds the write lock, before it fails with
+    /// UNAVAILABLE. Writers of one process take turns without waiting here.
+    #[arg(long, env = "DATABASE_BUSY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub database_busy_timeout: Duration,
+
     /// Log filter, in tracing's EnvFilter syntax. Logs go to stderr.
     #[arg(
         long,
@@ -67,6 +73,7 @@ impl Config {
             url: self.database_url.clone(),
             max_connections: self.database_max_connections,
             acquire_timeout: self.database_timeout,
+            sqlite_busy_timeout: self.database_busy_timeout,
         }
     }
 }

@@ -2,10 +2,9 @@
 
 use std::{fmt::Write as _, net::SocketAddr};
 
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::db::{self, directory};
+use crate::db::{self, Db, directory};
 use crate::domain::{
     AgentKind,
     auth::{Abilities, TokenSecret},
@@ -23,7 +22,7 @@ pub struct Demo {
 /// Creates the demo workspace with a user, a chat agent, an active email
 /// agent and a customer, unless it exists; then issues a fresh read+write
 /// token for it.
-pub async fn seed(db: &DatabaseConnection) -> anyhow::Result<Demo> {
+pub async fn seed(db: &Db) -> anyhow::Result<Demo> {
     let (workspace, customer) = match directory::find_workspace_by_name(db, DEMO_WORKSPACE).await? {
         Some(workspace) => {
             let customer = directory::find_customer_by_email(db, workspace, DEMO_CUSTOMER_EMAIL)

@@ -13,7 +13,7 @@ use crate::config::{
     AgentCommand, AgentKindArg, Command, Config, CustomerCommand, ServeArgs, TokenCommand,
     UserCommand, WorkspaceCommand,
 };
-use crate::db::{self, DbSettings, directory, error::is_unique_violation, token::TokenRef};
+use crate::db::{self, Db, DbSettings, directory, error::is_unique_violation, token::TokenRef};
 use crate::domain::AgentKind;
 use crate::grpc::server::{Listeners, ServeSettings, serve};
 
@@ -107,11 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn run_server(
-    db: DatabaseConnection,
-    db_settings: DbSettings,
-    args: ServeArgs,
-) -> anyhow::Result<()> {
+async fn run_server(db: Db, db_settings: DbSettings, args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -8,13 +8,15 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, Iterable, ModelTrait, QueryFilter,
+    sea_query::{Expr, Query},
 };
 use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
-use super::{begin_write, directory, error::is_unique_violation};
+use super::entity::customer;
+use super::{Db, begin_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
     Priority, Status,
@@ -30,18 +32,14 @@ pub async fn get(
     workspace_id: Uuid,
     id: Uuid,
 ) -> Result<Conversation, Error> {
-    let row = find_scoped(workspace_id, id).one(db).await?;
+    let row = super::hot::by_id(db, workspace_id, id).await?;
     to_domain(row.ok_or(Error::ConversationNotFound)?)
-}
-
-fn find_scoped(workspace_id: Uuid, id: Uuid) -> sea_orm::Select<Entity> {
-    Entity::find_by_id(id).filter(Column::WorkspaceId.eq(workspace_id))
 }
 
 /// Creates a conversation, or, for a retried `request_id`, returns the one
 /// the first attempt created (AIP-155).
 pub async fn create(
-    db: &DatabaseConnection,
+    db: &Db,
     workspace_id: Uuid,
     new: NewConversation,
     request_id: Option<Uuid>,
@@ -56,12 +54,7 @@ pub async fn create(
     }
 
     let references = CreateReferences {
-        customer_in_workspace: directory::customer_in_workspace(
-            &txn,
-            workspace_id,
-            new.customer_id,
-        )
-        .await?,
+        customer_in_workspace: true,
         origin_agent: match new.origin_agent_id {
             Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
             None => None,
@@ -71,29 +64,80 @@ pub async fn create(
             None => None,
         },
     };
-    let conversation =
-        rules::plan_create(&new, Uuid::now_v7(), workspace_id, references, time::now())?;
-    let mut row = to_model(&conversation).into_active_model();
-    row.request_id = Set(request_id);
-    row.request_fingerprint = Set(key.as_ref().map(|(_, fingerprint)| fingerprint.clone()));
+    let (id, now) = (Uuid::now_v7(), time::now());
+    let plan = |customer_in_workspace| {
+        let references = CreateReferences {
+            customer_in_workspace,
+            ..references
+        };
+        rules::plan_create(&new, id, workspace_id, references, now)
+    };
+    // The INSERT checks that the customer is in the workspace (one statement
+    // instead of two), so the plan assumes it is. A refusal names every
+    // problem, so then the customer is looked up after all.
+    let conversation = match plan(true) {
+        Ok(conversation) => conversation,
+        Err(_) => {
+            plan(directory::customer_in_workspace(&txn, workspace_id, new.customer_id).await?)?
+        }
+    };
+    let mut row = to_model(&conversation);
+    row.request_id = request_id;
+    row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
-    match Entity::insert(row).exec_with_returning(&txn).await {
-        Ok(row) => {
+    match insert_for_customer(&txn, row).await {
+        Ok(Some(row)) => {
             txn.commit().await?;
             to_domain(row)
         }
+        Ok(None) => Err(plan(false).err().map_or_else(
+            || Error::Internal("a missing customer was not refused".into()),
+            Error::from,
+        )),
         Err(err) => match &key {
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
             Some((request_id, fingerprint)) if is_unique_violation(&err) => {
                 drop(txn);
-                let existing = find_by_request_id(db, workspace_id, *request_id)
+                let existing = find_by_request_id(&**db, workspace_id, *request_id)
                     .await?
                     .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
                 replay(existing, fingerprint)
             }
             _ => Err(err.into()),
         },
+    }
+}
+
+/// Inserts `row` if its customer is in its workspace, in one statement:
+/// `INSERT INTO conversations (...) SELECT $1, ... WHERE EXISTS (SELECT 1
+/// FROM customers WHERE id = ... AND workspace_id = ...) RETURNING ...`.
+/// `None` when the customer is not there.
+async fn insert_for_customer(
+    txn: &DatabaseTransaction,
+    row: Model,
+) -> Result<Option<Model>, DbErr> {
+    let customer_in_workspace = Query::select()
+        .expr(Expr::cust("1"))
+        .from(customer::Entity)
+        .and_where(customer::Column::Id.eq(row.customer_id))
+        .and_where(customer::Column::WorkspaceId.eq(row.workspace_id))
+        .to_owned();
+    let values = Query::select()
+        .exprs(Column::iter().map(|column| Expr::val(row.get(column))))
+        .and_where(Expr::exists(customer_in_workspace))
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(Entity)
+        .columns(Column::iter())
+        .select_from(values)
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .returning_all()
+        .to_owned();
+    let statement = txn.get_database_backend().build(&insert);
+    match txn.query_one_raw(statement).await? {
+        Some(row) => Model::from_query_result(&row, "").map(Some),
+        None => Ok(None),
     }
 }
 
@@ -120,16 +164,14 @@ fn replay(existing: Model, fingerprint: &str) -> Result<Conversation, Error> {
 /// Applies `patch` to a conversation of the workspace. A non-empty
 /// `expected_etag` that differs from the stored one aborts without writing.
 pub async fn update(
-    db: &DatabaseConnection,
+    db: &Db,
     workspace_id: Uuid,
     id: Uuid,
     patch: &ConversationPatch,
     expected_etag: Option<&str>,
 ) -> Result<Conversation, Error> {
     let txn = begin_write(db).await?;
-    let row = find_scoped(workspace_id, id)
-        .lock_exclusive()
-        .one(&txn)
+    let row = super::hot::by_id_for_update(&txn, workspace_id, id)
         .await?
         .ok_or(Error::ConversationNotFound)?;
     let current = to_domain(row)?;

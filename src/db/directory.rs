@@ -117,7 +117,7 @@ pub async fn create_customer(
 /// Creates an agent. An active email agent replaces the workspace's previous
 /// one, in one transaction, so a workspace never has two.
 pub async fn create_agent(
-    db: &DatabaseConnection,
+    db: &super::Db,
     workspace_id: Uuid,
     kind: AgentKind,
     active: bool,

@@ -5,11 +5,12 @@ pub mod conversation;
 pub mod directory;
 pub mod entity;
 pub mod error;
+pub mod hot;
 pub mod list;
 pub mod migration;
 pub mod token;
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -26,15 +27,68 @@ pub struct DbSettings {
     /// How long a query waits for a pooled connection before the call fails
     /// with UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// SQLite only: how long a write waits for another process's write lock
+    /// (the CLI while `serve` runs) before it fails with UNAVAILABLE.
+    pub sqlite_busy_timeout: Duration,
 }
 
-/// Opens a pool. A `sqlite:` URL gets WAL (readers never block the writer), a
-/// busy timeout (a second writer waits instead of failing), foreign keys,
-/// and a pool larger than SeaORM's SQLite default of one connection.
-pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+/// The database: a pool for reads and single statements, and the connection
+/// write transactions run on.
+///
+/// SQLite allows one writer at a time. Writers that each took `BEGIN
+/// IMMEDIATE` on their own connection would wait in SQLite's busy handler,
+/// which sleeps in growing steps (p99 in the hundreds of milliseconds), so on
+/// SQLite the writer is a pool of one connection of its own: the writers of
+/// this process queue for it first come, first served, and never sleep. The
+/// connection goes back to the queue only after a dropped transaction has
+/// rolled back. PostgreSQL locks rows, so there the writer is the same pool.
+///
+/// It dereferences to the read pool; write transactions start with
+/// [`begin_write`].
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: DatabaseConnection,
+    writer: DatabaseConnection,
+}
+
+impl Deref for Db {
+    type Target = DatabaseConnection;
+
+    fn deref(&self) -> &DatabaseConnection {
+        &self.pool
+    }
+}
+
+impl Db {
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.writer.close().await?;
+        self.pool.close().await
+    }
+}
+
+/// Opens the pools. A `sqlite:` URL gets WAL (readers never block the
+/// writer), a busy timeout (a writer of another process waits instead of
+/// failing), foreign keys, a read pool larger than SeaORM's SQLite default of
+/// one connection, and a one-connection writer.
+pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
+    let pool = Database::connect(options(settings, settings.max_connections)).await?;
+    let writer = match pool.get_database_backend() {
+        DbBackend::Sqlite => Database::connect(options(settings, 1)).await?,
+        _ => pool.clone(),
+    };
+    Ok(Db { pool, writer })
+}
+
+/// A pool for reads alone (the health probe): no writer connection.
+pub async fn connect_reads(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(options(settings, settings.max_connections)).await
+}
+
+fn options(settings: &DbSettings, max_connections: u32) -> ConnectOptions {
+    let busy_timeout = settings.sqlite_busy_timeout;
     let mut options = ConnectOptions::new(settings.url.clone());
     options
-        .max_connections(settings.max_connections)
+        .max_connections(max_connections)
         .min_connections(1)
         .connect_timeout(settings.acquire_timeout)
         .acquire_timeout(settings.acquire_timeout)
@@ -42,22 +96,22 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
         // of the way unless asked for (LOG_FILTER=sqlx::query=trace).
         .sqlx_logging(true)
         .sqlx_logging_level(log::LevelFilter::Trace)
-        .map_sqlx_sqlite_opts(|sqlite| {
+        .map_sqlx_sqlite_opts(move |sqlite| {
             sqlite
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
+                .busy_timeout(busy_timeout)
                 .foreign_keys(true)
         });
-    Database::connect(options).await
+    options
 }
 
 /// Applies pending migrations in one transaction, so processes that start
 /// together take turns and a crash leaves no half-applied schema. SQLite's
 /// `BEGIN IMMEDIATE` serialises them by itself; PostgreSQL takes an advisory
 /// lock.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+pub async fn migrate(db: &Db) -> Result<(), DbErr> {
     let txn = begin_write(db).await?;
     if db.get_database_backend() == DbBackend::Postgres {
         txn.execute_unprepared("SELECT pg_advisory_xact_lock(727274)")
@@ -67,30 +121,50 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     txn.commit().await
 }
 
-/// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`,
-/// which takes the write lock up front (waiting out the busy timeout) instead
-/// of failing with "database is locked" when a read later turns into a write.
-/// On PostgreSQL it is a plain transaction; row locks come from
-/// `SELECT ... FOR UPDATE`.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    })
-    .await
+/// Starts a transaction that will write, on the writer (see [`Db`]): on
+/// SQLite it waits its turn for the writer connection, then takes `BEGIN
+/// IMMEDIATE`, which holds the write lock up front (waiting out the busy
+/// timeout only for other processes) instead of failing with "database is
+/// locked" when a read later turns into a write. On PostgreSQL it is a plain
+/// transaction; row locks come from `SELECT ... FOR UPDATE`.
+pub async fn begin_write(db: &Db) -> Result<DatabaseTransaction, DbErr> {
+    db.writer
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
 }
 
-/// How full a pool is right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How full the pools are right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Connections open, in use or idle.
     pub open: u32,
     pub idle: u32,
-    /// The most the pool may open.
+    /// The most the pools may open.
     pub max: u32,
 }
 
-pub fn pool_stats(db: &DatabaseConnection) -> PoolStats {
+impl Db {
+    /// The read pool and, on SQLite, the writer connection, together: a call
+    /// waiting for either is waiting for a connection.
+    pub fn pool_stats(&self) -> PoolStats {
+        let pool = pool_stats(&self.pool);
+        if self.pool.get_database_backend() != DbBackend::Sqlite {
+            // The writer is the same pool.
+            return pool;
+        }
+        let writer = pool_stats(&self.writer);
+        PoolStats {
+            open: pool.open + writer.open,
+            idle: pool.idle + writer.idle,
+            max: pool.max + writer.max,
+        }
+    }
+}
+
+fn pool_stats(db: &DatabaseConnection) -> PoolStats {
     fn of<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> PoolStats {
         PoolStats {
             open: pool.size(),
@@ -102,10 +176,6 @@ pub fn pool_stats(db: &DatabaseConnection) -> PoolStats {
         DbBackend::Postgres => of(db.get_postgres_connection_pool()),
         DbBackend::Sqlite => of(db.get_sqlite_connection_pool()),
         // `connect` opens nothing else.
-        _ => PoolStats {
-            open: 0,
-            idle: 0,
-            max: 0,
-        },
+        _ => PoolStats::default(),
     }
 }

@@ -87,7 +87,12 @@ impl Conversation {
     /// The opaque etag of this version. It carries random bits of the id
     /// too, so an etag copied from another conversation does not match.
     pub fn etag(&self) -> String {
-        format!("{}-{}", self.version, &self.id.simple().to_string()[24..])
+        let mut id = [0; uuid::fmt::Simple::LENGTH];
+        let id = self.id.simple().encode_lower(&mut id);
+        let mut etag = self.version.to_string();
+        etag.push('-');
+        etag.push_str(&id[24..]);
+        etag
     }
 }
 
@@ -154,6 +159,23 @@ pub type Attributes = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_etag_is_the_version_and_the_ids_last_hex_digits() {
+        let conversation = Conversation {
+            id: Uuid::parse_str("01a1fdf3-e14b-714c-8b89-5e8f7e815ea9").unwrap(),
+            workspace_id: Uuid::nil(),
+            channel: Channel::Email,
+            customer_id: Uuid::nil(),
+            origin_agent_id: None,
+            fields: ConversationFields::default(),
+            closed_at: None,
+            created_at: crate::domain::time::now(),
+            updated_at: crate::domain::time::now(),
+            version: 42,
+        };
+        assert_eq!(conversation.etag(), "42-7e815ea9");
+    }
 
     fn minimal() -> NewConversation {
         NewConversation {

@@ -29,10 +29,9 @@ use prometheus_client::{
     registry::Registry,
 };
 use prost::Message;
-use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
-use crate::db;
+use crate::db::Db;
 
 /// go-grpc-prometheus's default `grpc_server_handling_seconds` buckets.
 const HANDLING_BUCKETS: [f64; 11] = [
@@ -144,13 +143,13 @@ struct Inner {
     pool_waiters: Gauge,
     /// Calls inside the storage layer right now (see [`Metrics::database_call`]).
     database_calls: AtomicI64,
-    db: Option<DatabaseConnection>,
+    db: Option<Db>,
 }
 
 impl Metrics {
     /// Metrics for the methods `descriptor_sets` describe, whose pool
     /// gauges read `db`'s pool at each scrape.
-    pub fn new(db: Option<DatabaseConnection>, descriptor_sets: &[&[u8]]) -> Self {
+    pub fn new(db: Option<Db>, descriptor_sets: &[&[u8]]) -> Self {
         let mut registry = Registry::default();
         let started = Family::<MethodLabels, Counter>::default();
         registry.register(
@@ -265,7 +264,7 @@ impl Metrics {
     /// The registry in the text exposition format, pool gauges read now.
     pub fn render(&self) -> String {
         if let Some(db) = &self.inner.db {
-            let pool = db::pool_stats(db);
+            let pool = db.pool_stats();
             let in_use = i64::from(pool.open) - i64::from(pool.idle);
             let gauge = |state| {
                 self.inner

@@ -91,8 +91,9 @@ impl From<TcpListener> for Listeners {
 ///    never ends by itself) is closed and `serve` returns.
 ///
 /// It opens its own pools: one for the calls, and a one-connection pool for
-/// the health probe, so that a pool busy with calls never reads as a
-/// database that is down.
+/// the background work (the health probe and token reloads), so that a pool
+/// busy with calls never reads as a database that is down, and the calls'
+/// pool gauges count calls alone.
 pub async fn serve(
     database: &DbSettings,
     settings: ServeSettings,
@@ -104,7 +105,7 @@ pub async fn serve(
         metrics: metrics_listener,
     } = listeners.into();
     let db = db::connect(database).await?;
-    let probe = db::connect(&DbSettings {
+    let probe = db::connect_reads(&DbSettings {
         max_connections: 1,
         ..database.clone()
     })
@@ -123,8 +124,10 @@ pub async fn serve(
     // Scrapes keep working through the shutdown, until `serve` returns.
     let metrics_server =
         metrics_listener.map(|listener| tokio::spawn(metrics::serve(metrics.clone(), listener)));
+    // Reloads share the probe's connection: the calls' pool then serves
+    // only calls, which is what its metrics (waiters above all) describe.
     let refresher = tokio::spawn(tokens.clone().refresh(
-        db.clone(),
+        probe.clone(),
         settings.token_refresh_interval,
         stop_rx.clone(),
     ));

@@ -2,24 +2,23 @@
 //! convert back. Errors travel as `crate::error::Error` and become a Status
 //! in one place.
 
-use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::convert::{self, UpdateCommand};
 use super::metrics::Metrics;
-use crate::db;
+use crate::db::{self, Db};
 use crate::domain::{auth::Ability, list::PageToken};
 use crate::proto::v1::{self as pb, conversation_service_server::ConversationService};
 
 pub struct ConversationApi {
-    db: DatabaseConnection,
+    db: Db,
     /// Each handler marks its time in storage, for the pool-waiters gauge.
     metrics: Metrics,
 }
 
 impl ConversationApi {
-    pub fn new(db: DatabaseConnection, metrics: Metrics) -> Self {
+    pub fn new(db: Db, metrics: Metrics) -> Self {
         Self { db, metrics }
     }
 }

@@ -147,7 +147,7 @@ async fn tokens_are_stored_only_as_hashes() {
     let app = TestApp::spawn().await;
     use sea_orm::EntityTrait;
     let rows = db::entity::api_token::Entity::find()
-        .all(&app.db)
+        .all(&*app.db)
         .await
         .unwrap();
     assert!(!rows.is_empty());

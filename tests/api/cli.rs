@@ -247,7 +247,7 @@ async fn a_new_active_email_agent_deactivates_the_previous_one() {
     let db = crate::helpers::connect(&cli.url).await;
     use sea_orm::EntityTrait;
     let agents = conversation_service::db::entity::agent::Entity::find()
-        .all(&db)
+        .all(&*db)
         .await
         .unwrap();
     let active: Vec<String> = agents

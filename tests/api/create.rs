@@ -111,6 +111,37 @@ async fn subject_limit_counts_characters_not_bytes() {
     assert!(app.create(&app.a.token, ok).await.is_ok());
 }
 
+/// The customer check runs inside the INSERT; a create refused for another
+/// reason still names a foreign customer too, and a refused create stores
+/// nothing.
+#[tokio::test]
+async fn a_foreign_customer_is_named_beside_other_refusals() {
+    let app = TestApp::spawn().await;
+    let sent = pb::Conversation {
+        origin_agent_id: Some(app.a.chat_agent.to_string()),
+        ..email(&app.b)
+    };
+    assert_invalid(
+        app.create(&app.a.token, sent).await,
+        &["conversation.customer_id", "conversation.origin_agent_id"],
+    );
+    assert_invalid(
+        app.create(&app.a.token, email(&app.b)).await,
+        &["conversation.customer_id"],
+    );
+    let listed = app
+        .client()
+        .await
+        .list_conversations(authed(
+            &app.a.token,
+            pb::ListConversationsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.conversations.is_empty());
+}
+
 #[tokio::test]
 async fn malformed_and_foreign_customers_are_invalid_argument() {
     let app = TestApp::spawn().await;

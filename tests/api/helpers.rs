@@ -7,13 +7,13 @@ use std::{net::SocketAddr, time::Duration};
 
 use conversation_service::{
     Listeners, ServeSettings,
-    db::{self, DbSettings, directory},
+    db::{self, Db, DbSettings, directory},
     domain::{AgentKind, auth::Abilities},
     proto::v1::{self as pb, conversation_service_client::ConversationServiceClient},
     serve,
 };
 use prost_types::FieldMask;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -59,13 +59,15 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Where `GET /metrics` answers.
     pub metrics_addr: SocketAddr,
-    pub db: DatabaseConnection,
+    pub db: Db,
     pub database_url: String,
     /// The caller's workspace.
     pub a: Workspace,
     /// Another tenant, for cross-workspace tests.
     pub b: Workspace,
     settings: ServeSettings,
+    /// The server's database settings.
+    database: DbSettings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -107,10 +109,11 @@ pub fn db_settings(url: &str) -> DbSettings {
         url: url.to_owned(),
         max_connections: 8,
         acquire_timeout: Duration::from_secs(10),
+        sqlite_busy_timeout: Duration::from_secs(30),
     }
 }
 
-pub async fn connect(url: &str) -> DatabaseConnection {
+pub async fn connect(url: &str) -> Db {
     let db = db::connect(&db_settings(url))
         .await
         .expect("connect to the test database");
@@ -118,7 +121,7 @@ pub async fn connect(url: &str) -> DatabaseConnection {
     db
 }
 
-pub async fn seed_workspace(db: &DatabaseConnection, name: &str) -> Workspace {
+pub async fn seed_workspace(db: &Db, name: &str) -> Workspace {
     let id = directory::create_workspace(db, name).await.unwrap();
     let customer = directory::create_customer(db, id, "customer@example.com", None)
         .await
@@ -159,8 +162,19 @@ impl TestApp {
     }
 
     pub async fn spawn_with(settings: ServeSettings) -> TestApp {
+        Self::spawn_with_database(settings, |_| ()).await
+    }
+
+    /// A server whose database settings `adjust` changes (the test's own pool
+    /// keeps the defaults).
+    pub async fn spawn_with_database(
+        settings: ServeSettings,
+        adjust: impl FnOnce(&mut DbSettings),
+    ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let database_url = fresh_database_url(&dir).await;
+        let mut database = db_settings(&database_url);
+        adjust(&mut database);
         let db = connect(&database_url).await;
         let a = seed_workspace(&db, "A").await;
         let b = seed_workspace(&db, "B").await;
@@ -172,6 +186,7 @@ impl TestApp {
             a,
             b,
             settings,
+            database,
             shutdown: None,
             server: None,
             _dir: dir,
@@ -190,7 +205,7 @@ impl TestApp {
             metrics: Some(metrics),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let database = db_settings(&self.database_url);
+        let database = self.database.clone();
         let settings = self.settings.clone();
         self.server = Some(tokio::spawn(async move {
             serve(&database, settings, listeners, async {

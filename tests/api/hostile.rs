@@ -21,7 +21,7 @@ use crate::helpers::*;
 async fn conversation_count(app: &TestApp) -> u64 {
     conversation::Entity::find()
         .filter(conversation::Column::WorkspaceId.eq(app.a.id))
-        .count(&app.db)
+        .count(&*app.db)
         .await
         .unwrap()
 }

@@ -87,7 +87,7 @@ async fn bulk(app: &TestApp, n: usize, same_time: bool) -> Vec<Uuid> {
     let ids = rows.iter().map(|r| *r.id.as_ref()).collect();
     for chunk in rows.chunks(500) {
         conversation::Entity::insert_many(chunk.to_vec())
-            .exec_without_returning(&app.db)
+            .exec_without_returning(&*app.db)
             .await
             .unwrap();
     }

@@ -12,4 +12,5 @@ mod logs;
 mod observability;
 mod replicas;
 mod serving;
+mod storage;
 mod update;

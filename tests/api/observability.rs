@@ -282,3 +282,86 @@ async fn a_rust_client_with_a_bearer_interceptor() {
     let violations = bad.get_details_bad_request().unwrap().field_violations;
     assert_eq!(violations[0].field, "id");
 }
+
+/// Calls queued for a connection show as pool waiters, and stop showing
+/// once they are served.
+#[tokio::test]
+async fn calls_queued_for_a_connection_are_counted_as_waiters() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    // Hold what every update of this conversation needs: the row lock on
+    // PostgreSQL (each blocked update then holds one of the pool's 8
+    // connections), the database's write lock on SQLite (the first update
+    // holds the one writer connection). 12 updates leave some queued on
+    // either.
+    let blocker = conversation_service::db::begin_write(&app.db)
+        .await
+        .unwrap();
+    if blocker.get_database_backend() == DbBackend::Postgres {
+        blocker
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT id FROM conversations WHERE id = $1 FOR UPDATE",
+                [Uuid::parse_str(&created.id).unwrap().into()],
+            ))
+            .await
+            .unwrap();
+    }
+    let updates: Vec<_> = (0..12)
+        .map(|i| {
+            let conversation = pb::Conversation {
+                id: created.id.clone(),
+                subject: Some(format!("queued {i}")),
+                ..Default::default()
+            };
+            let token = app.a.token.clone();
+            let addr = app.addr;
+            tokio::spawn(async move {
+                let mut client = conversation_service_client::ConversationServiceClient::connect(
+                    format!("http://{addr}"),
+                )
+                .await
+                .unwrap();
+                client
+                    .update_conversation(authed(
+                        &token,
+                        pb::UpdateConversationRequest {
+                            conversation: Some(conversation),
+                            update_mask: Some(prost_types::FieldMask {
+                                paths: vec!["subject".into()],
+                            }),
+                        },
+                    ))
+                    .await
+            })
+        })
+        .collect();
+
+    // Wait (without a time bound of its own) until the queue has formed.
+    let mut queued = 0.0;
+    for _ in 0..200 {
+        let text = app.scrape_metrics().await;
+        queued = sample(&text, "db_pool_waiters", "");
+        if queued >= 1.0 {
+            assert!(
+                sample(&text, "db_pool_connections", r#"state="in_use""#) >= 1.0,
+                "{text}"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(queued >= 1.0, "no waiter was ever counted");
+
+    blocker.rollback().await.unwrap();
+    for update in updates {
+        update
+            .await
+            .unwrap()
+            .expect("served once the lock was released");
+    }
+    let text = app.scrape_metrics().await;
+    assert_eq!(sample(&text, "db_pool_waiters", ""), 0.0, "{text}");
+}

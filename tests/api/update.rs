@@ -626,6 +626,40 @@ async fn unknown_and_foreign_ids_are_the_same_not_found() {
     );
 }
 
+/// SQLite has one writer at a time. The server's writers take turns in the
+/// process, so with no busy timeout at all (a writer that found the lock
+/// taken would fail at once) many more concurrent writers than pooled
+/// connections all succeed. On PostgreSQL the timeout does not apply.
+#[tokio::test]
+async fn concurrent_writers_beyond_the_pool_take_turns() {
+    let app = Arc::new(
+        TestApp::spawn_with_database(settings(), |db| {
+            db.max_connections = 4;
+            db.sqlite_busy_timeout = std::time::Duration::ZERO;
+        })
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let created = app.create(&app.a.token, email(&app.a)).await?;
+            for n in 0..3 {
+                let sent = pb::Conversation {
+                    subject: Some(format!("writer {i}, update {n}")),
+                    ..with_id(&created.id)
+                };
+                app.update(&app.a.token, sent, Some(&["subject"])).await?;
+            }
+            app.get(&app.a.token, &created.id).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let stored = task.await.unwrap().expect("every write succeeds");
+        assert_eq!(stored.subject, Some(format!("writer {i}, update 2")));
+    }
+}
+
 #[tokio::test]
 async fn concurrent_updates_of_different_fields_all_survive() {
     let app = Arc::new(TestApp::spawn().await);
@@ -727,7 +761,7 @@ async fn concurrent_updates_of_different_fields_all_survive() {
     let row = conversation_service::db::entity::conversation::Entity::find_by_id(
         Uuid::parse_str(&created.id).unwrap(),
     )
-    .one(&app.db)
+    .one(&*app.db)
     .await
     .unwrap()
     .unwrap();

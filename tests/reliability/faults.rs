@@ -149,7 +149,7 @@ async fn idempotent_creates_survive_cancellation_a_restart_and_two_replicas() {
     let inconsistent = answers.values().filter(|ids| ids.len() != 1).count();
     let rows = conversation_service::db::entity::conversation::Entity::find()
         .filter(conversation_service::db::entity::conversation::Column::WorkspaceId.eq(ws.id))
-        .all(&db)
+        .all(&*db)
         .await
         .unwrap();
     let mut per_key: HashMap<String, usize> = HashMap::new();

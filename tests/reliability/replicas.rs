@@ -222,7 +222,7 @@ async fn disjoint_updates_over_two_replicas_lose_nothing() {
         }
         use sea_orm::EntityTrait;
         let row = db::entity::conversation::Entity::find_by_id(uuid::Uuid::parse_str(id).unwrap())
-            .one(&db)
+            .one(&*db)
             .await
             .unwrap()
             .unwrap();

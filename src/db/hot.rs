@@ -1,0 +1,224 @@
+//! The statements of the hot read paths, without building a query per call.
+//!
+//! Their SQL text is built once per backend with sea-query (the very text
+//! SeaORM would send), and runs through sqlx, which prepares it once per
+//! connection and caches the prepared statement. Rows are decoded by column
+//! position into the entity model, skipping SeaORM's generic per-column
+//! lookup by name. The statements select `Entity::find()`'s columns, which
+//! are the model's fields in order.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnAcquireErr, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, RuntimeErr, Statement, sqlx,
+};
+use uuid::Uuid;
+
+use super::entity::conversation::{Column, Entity, Model};
+
+/// One statement's SQL text for each backend.
+struct Sql {
+    postgres: String,
+    sqlite: String,
+}
+
+impl Sql {
+    fn for_backend(&'static self, backend: DbBackend) -> &'static str {
+        match backend {
+            DbBackend::Postgres => &self.postgres,
+            _ => &self.sqlite,
+        }
+    }
+
+    fn build(query: impl Fn() -> sea_orm::Select<Entity>) -> Self {
+        Self {
+            postgres: query().build(DbBackend::Postgres).sql,
+            sqlite: query().build(DbBackend::Sqlite).sql,
+        }
+    }
+}
+
+/// Parameters: id, workspace id, 1 (the limit).
+static BY_ID: LazyLock<Sql> = LazyLock::new(|| {
+    Sql::build(|| {
+        Entity::find_by_id(Uuid::nil())
+            .filter(Column::WorkspaceId.eq(Uuid::nil()))
+            .limit(1)
+    })
+});
+
+/// `BY_ID` under a write lock (`FOR UPDATE` on PostgreSQL; SQLite's write
+/// transaction holds the whole database). Same parameters.
+static BY_ID_FOR_UPDATE: LazyLock<Sql> = LazyLock::new(|| {
+    Sql::build(|| {
+        Entity::find_by_id(Uuid::nil())
+            .filter(Column::WorkspaceId.eq(Uuid::nil()))
+            .lock_exclusive()
+            .limit(1)
+    })
+});
+
+/// The first page of a workspace's conversations, newest first, with no
+/// filter: the listing a client opens with. Parameters: workspace id, limit.
+static NEWEST: LazyLock<Sql> = LazyLock::new(|| {
+    Sql::build(|| {
+        Entity::find()
+            .filter(Column::WorkspaceId.eq(Uuid::nil()))
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(1)
+    })
+});
+
+/// Runs `$sql` on a connection of `$db`'s pool with the bound `$args`,
+/// fetched with `$fetch` and decoded with `$decode`. Errors are classified as
+/// SeaORM's own queries' are: acquiring, then running.
+macro_rules! run {
+    ($db:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {
+        match $db.get_database_backend() {
+            DbBackend::Postgres => {
+                let mut conn = $db.get_postgres_connection_pool().acquire().await.map_err(acquire_err)?;
+                $decode(
+                    sqlx::query($sql.postgres.as_str())
+                        $(.bind($arg))+
+                        .$fetch(&mut *conn)
+                        .await
+                        .map_err(query_err)?,
+                )
+            }
+            DbBackend::Sqlite => {
+                let mut conn = $db.get_sqlite_connection_pool().acquire().await.map_err(acquire_err)?;
+                $decode(
+                    sqlx::query($sql.sqlite.as_str())
+                        $(.bind($arg))+
+                        .$fetch(&mut *conn)
+                        .await
+                        .map_err(query_err)?,
+                )
+            }
+            backend => Err(DbErr::BackendNotSupported {
+                db: backend.as_str(),
+                ctx: "hot statements",
+            }),
+        }
+    };
+}
+
+/// The conversation `id` of the workspace, if any.
+pub async fn by_id(
+    db: &DatabaseConnection,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Model>, DbErr> {
+    run!(
+        db,
+        BY_ID,
+        fetch_optional,
+        |row: Option<_>| row.as_ref().map(model).transpose(),
+        id,
+        workspace_id,
+        1_i64
+    )
+}
+
+/// The conversation `id` of the workspace, locked for the rest of the write
+/// transaction `txn`. It runs in SeaORM's transaction, so only the query
+/// building is saved; the row decodes as SeaORM's own queries do.
+pub async fn by_id_for_update(
+    txn: &DatabaseTransaction,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Model>, DbErr> {
+    let backend = txn.get_database_backend();
+    let statement = Statement::from_sql_and_values(
+        backend,
+        BY_ID_FOR_UPDATE.for_backend(backend),
+        [id.into(), workspace_id.into(), 1_u64.into()],
+    );
+    match txn.query_one_raw(statement).await? {
+        Some(row) => Model::from_query_result(&row, "").map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The workspace's `limit` newest conversations.
+pub async fn newest(
+    db: &DatabaseConnection,
+    workspace_id: Uuid,
+    limit: u32,
+) -> Result<Vec<Model>, DbErr> {
+    run!(
+        db,
+        NEWEST,
+        fetch_all,
+        |rows: Vec<_>| rows.iter().map(model).collect(),
+        workspace_id,
+        i64::from(limit)
+    )
+}
+
+/// As SeaORM reports a connection that could not be had (see `db::error`).
+fn acquire_err(err: sqlx::Error) -> DbErr {
+    match err {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        _ => DbErr::Conn(RuntimeErr::SqlxError(err.into())),
+    }
+}
+
+fn query_err(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(err.into()))
+}
+
+/// Decodes a row of `Entity::find()`'s columns, by position.
+fn model<'r, R>(row: &'r R) -> Result<Model, DbErr>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    Uuid: sqlx::Decode<'r, R::Database>,
+    String: sqlx::Decode<'r, R::Database>,
+    DateTime<Utc>: sqlx::Decode<'r, R::Database>,
+    serde_json::Value: sqlx::Decode<'r, R::Database>,
+    bool: sqlx::Decode<'r, R::Database>,
+    f64: sqlx::Decode<'r, R::Database>,
+    i64: sqlx::Decode<'r, R::Database>,
+{
+    let mut column = 0..;
+    let mut next = || column.next().expect("unbounded");
+    // Unchecked: SQLite declares these columns with SeaORM's own type names
+    // (`uuid_text`, `jsonb_text`), which sqlx's type check does not know;
+    // the values decode as SeaORM stored them.
+    macro_rules! get {
+        () => {
+            row.try_get_unchecked(next()).map_err(query_err)?
+        };
+    }
+    Ok(Model {
+        id: get!(),
+        workspace_id: get!(),
+        channel: get!(),
+        customer_id: get!(),
+        subject: get!(),
+        status: get!(),
+        priority: get!(),
+        assignee_id: get!(),
+        assignee_type: get!(),
+        origin_agent_id: get!(),
+        hold_until: get!(),
+        tags: get!(),
+        attributes: get!(),
+        is_spam: get!(),
+        spam_score: get!(),
+        first_response_at: get!(),
+        last_message_at: get!(),
+        closed_at: get!(),
+        created_at: get!(),
+        updated_at: get!(),
+        version: get!(),
+        request_id: get!(),
+        request_fingerprint: get!(),
+    })
+}

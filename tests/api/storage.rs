@@ -1,0 +1,82 @@
+//! Storage checks the API alone would not pin down.
+
+use conversation_service::{
+    db::{self, entity::conversation, hot},
+    proto::v1 as pb,
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// The prebuilt statements decode rows by column position: every column
+/// must come back as SeaORM's own query returns it, NULLs and JSON included.
+#[tokio::test]
+async fn prebuilt_statements_decode_every_column_as_seaorm_does() {
+    let app = TestApp::spawn().await;
+    let bare = app.create_email().await;
+    let full = pb::Conversation {
+        subject: Some("Subject".into()),
+        status: pb::Status::OnHold as i32,
+        priority: pb::Priority::High as i32,
+        assignee_id: Some(app.a.user.to_string()),
+        assignee_type: pb::AssigneeType::User as i32,
+        hold_until: Some(in_future(3600)),
+        tags: vec!["t".into(), "u".into()],
+        attributes: [("a".to_string(), "1".to_string())].into(),
+        is_spam: true,
+        spam_score: Some(0.25),
+        first_response_at: Some(in_future(-100)),
+        last_message_at: Some(in_future(-50)),
+        ..email(&app.a)
+    };
+    let full = app
+        .create_with_request_id(&app.a.token, full, &Uuid::new_v4().to_string())
+        .await
+        .unwrap();
+    let closed = app.create_email().await;
+    app.update(
+        &app.a.token,
+        pb::Conversation {
+            status: pb::Status::Closed as i32,
+            ..with_id(&closed.id)
+        },
+        Some(&["status"]),
+    )
+    .await
+    .unwrap();
+
+    for created in [&bare, &full, &closed] {
+        let id = Uuid::parse_str(&created.id).unwrap();
+        let expected = conversation::Entity::find_by_id(id)
+            .one(&*app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let found = hot::by_id(&app.db, app.a.id, id).await.unwrap();
+        assert_eq!(found, Some(expected.clone()));
+        assert_eq!(hot::by_id(&app.db, app.b.id, id).await.unwrap(), None);
+        let txn = db::begin_write(&app.db).await.unwrap();
+        let locked = hot::by_id_for_update(&txn, app.a.id, id).await.unwrap();
+        assert_eq!(locked, Some(expected));
+        assert_eq!(
+            hot::by_id_for_update(&txn, app.b.id, id).await.unwrap(),
+            None
+        );
+        txn.commit().await.unwrap();
+    }
+
+    let expected = conversation::Entity::find()
+        .filter(conversation::Column::WorkspaceId.eq(app.a.id))
+        .order_by_desc(conversation::Column::CreatedAt)
+        .order_by_desc(conversation::Column::Id)
+        .all(&*app.db)
+        .await
+        .unwrap();
+    assert_eq!(expected.len(), 3);
+    assert_eq!(hot::newest(&app.db, app.a.id, 10).await.unwrap(), expected);
+    assert_eq!(
+        hot::newest(&app.db, app.a.id, 2).await.unwrap(),
+        expected[..2]
+    );
+}
