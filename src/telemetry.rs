@@ -8,7 +8,12 @@
 //!   standard `OTEL_*` variables; with neither set, nothing is exported and
 //!   no exporter runs.
 
-use std::{ffi::OsString, io::IsTerminal, time::Duration};
+use std::{
+    ffi::OsString,
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
@@ -23,6 +28,15 @@ const SERVICE_NAME: &str = "conversation-service";
 /// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
+}
+
+/// Whether spans are exported (set once by [`init`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans go out by OTLP: callers record export-only span attributes
+/// only then.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// The longest the exit waits for buffered spans: a collector that does not
@@ -100,6 +114,7 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
         .with(logs)
         .with(export)
         .try_init()?;
+    EXPORTING.store(traces.is_some(), Ordering::Relaxed);
     Ok(Telemetry { traces })
 }
 

@@ -136,18 +136,29 @@ impl Call {
             .split_once('/')
             .unwrap_or((path, ""));
         let request_id = request_id(request.headers());
+        // Log lines show the method and the request id; the attributes of
+        // OpenTelemetry's gRPC conventions are recorded only for export, so
+        // text logs stay short and a call without export formats less.
         let span = tracing::info_span!(
             "rpc",
-            otel.name = path.trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method_name,
+            method = path,
             %request_id,
             trace_id = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
+            rpc.system = tracing::field::Empty,
+            rpc.service = tracing::field::Empty,
+            rpc.method = tracing::field::Empty,
         );
+        if crate::telemetry::exporting() {
+            span.record("otel.name", path.trim_start_matches('/'));
+            span.record("otel.kind", "server");
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", service);
+            span.record("rpc.method", method_name);
+        }
         if request.headers().contains_key("traceparent") {
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
             let remote = parent.span().span_context().clone();

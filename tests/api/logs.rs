@@ -318,6 +318,14 @@ async fn spans_join_the_callers_trace_and_go_out_by_otlp() {
     );
     assert_eq!(attribute("rpc.grpc.status_code"), Some(Value::IntValue(0)));
     assert_eq!(
+        attribute("rpc.method"),
+        Some(Value::StringValue("CreateConversation".into()))
+    );
+    assert_eq!(
+        span.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server as i32
+    );
+    assert_eq!(
         service.and_then(|v| v.value),
         Some(Value::StringValue("conversation-service-under-test".into()))
     );
