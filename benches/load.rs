@@ -112,6 +112,7 @@ async fn main() {
         rows: env_or("BENCH_ROWS", 1),
     };
 
+    let cpu_before = cpu_ticks();
     let deadline = Instant::now() + Duration::from_millis(millis);
     let mut tasks = Vec::new();
     for caller in 0..concurrency {
@@ -241,11 +242,29 @@ async fn main() {
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
+    let cpu = cpu_ticks() - cpu_before;
     println!(
-        r#"{{"op": "{op}", "calls": {}, "errors": {errors}, "rps": {:.1}, "p50_ms": {:.3}, "p99_ms": {:.3}}}"#,
+        r#"{{"op": "{op}", "calls": {}, "errors": {errors}, "rps": {:.1}, "p50_ms": {:.3}, "p99_ms": {:.3}, "cpu_ticks": {cpu}}}"#,
         latencies.len(),
         latencies.len() as f64 / elapsed,
         pct(0.50),
         pct(0.99)
     );
+}
+
+/// This process's CPU time so far (user + system), in clock ticks, from
+/// /proc: the load generator's own cost shares the cores with the service's.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 from state.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }

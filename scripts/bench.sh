@@ -140,6 +140,7 @@ print(json.dumps({
     "ratio": round(service["rps"] / tps, 3) if tps else None,
     "statements_per_call": per_call,
     "service_cpu_us_per_request": round(int(svc_ticks) * 1e6 / hz / max(service["calls"], 1), 1),
+    "load_generator_cpu_us_per_request": round(service.get("cpu_ticks", 0) * 1e6 / hz / max(service["calls"], 1), 1),
     "postgres_cpu_us_per_statement": round(int(pg_bench_ticks) * 1e6 / hz / max(tx * per_call, 1), 1),
     "postgres_cpu_us_per_statement_under_service": round(int(pg_svc_ticks) * 1e6 / hz / max(service["calls"] * per_call, 1), 1),
 }))
@@ -196,11 +197,12 @@ ops = [json.loads(l) for l in open(results)]
 sqlite = [json.loads(l) for l in open(sqlite_results)]
 names = {"create": "Create", "update": "Update (2-field mask + etag)", "get": "Get",
          "list_first": "List first page (50)", "list_deep": f"List page 1,000 over {int(rows):,} rows"}
-print(f"\n{'operation':38} {'svc RPC/s':>10} {'pgbench TPS':>12} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} {'pg p50':>7} {'pg p99':>7} {'svc CPU/req':>11} {'pg CPU/stmt':>11}")
+print(f"\n{'operation':38} {'svc RPC/s':>10} {'pgbench TPS':>12} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} {'pg p50':>7} {'pg p99':>7} {'svc CPU/req':>11} {'pg CPU/stmt':>11} {'load CPU/req':>12}")
 for o in ops:
     print(f"{names[o['op']]:38} {o['service_rps']:>10.0f} {o['pgbench_tps']:>12.0f} {o['ratio']:>6.2f} "
           f"{o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms {o['pgbench_p50_ms']:>5.2f}ms {o['pgbench_p99_ms']:>5.2f}ms "
-          f"{o['service_cpu_us_per_request']:>9.0f}us {o['postgres_cpu_us_per_statement']:>9.0f}us")
+          f"{o['service_cpu_us_per_request']:>9.0f}us {o['postgres_cpu_us_per_statement']:>9.0f}us "
+          f"{o['load_generator_cpu_us_per_request']:>10.0f}us")
 first = next((o for o in ops if o["op"] == "list_first"), None)
 deep = next((o for o in ops if o["op"] == "list_deep"), None)
 deep_ratio = deep["service_p50_ms"] / first["service_p50_ms"] if first and deep else None
