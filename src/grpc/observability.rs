@@ -131,10 +131,6 @@ struct Call {
 impl Call {
     fn begin<B>(request: &http::Request<B>, metrics: Metrics) -> Self {
         let path = request.uri().path();
-        let (service, method_name) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
         let request_id = request_id(request.headers());
         // Log lines show the method and the request id; the attributes of
         // OpenTelemetry's gRPC conventions are recorded only for export, so
@@ -153,7 +149,9 @@ impl Call {
             rpc.method = tracing::field::Empty,
         );
         if crate::telemetry::exporting() {
-            span.record("otel.name", path.trim_start_matches('/'));
+            let name = path.trim_start_matches('/');
+            let (service, method_name) = name.split_once('/').unwrap_or((name, ""));
+            span.record("otel.name", name);
             span.record("otel.kind", "server");
             span.record("rpc.system", "grpc");
             span.record("rpc.service", service);
