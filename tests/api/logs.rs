@@ -1,10 +1,6 @@
 //! What the binary writes to its log, and the traces it exports.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use conversation_service::{domain::auth::TokenSecret, proto::v1 as pb};
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -15,65 +11,31 @@ use tokio::sync::mpsc;
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
 
 use crate::helpers::*;
+use crate::process::ServerProcess;
 
 /// A W3C trace context a caller might send: its trace id and parent span id.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 
-/// The binary serving over a fresh database, its stderr in a file.
+/// The binary serving over a fresh database, with its client and workspace.
 struct Binary {
-    child: Child,
+    server: ServerProcess,
     client: pb::conversation_service_client::ConversationServiceClient<Channel>,
-    log_path: PathBuf,
     ws: Workspace,
     _dir: tempfile::TempDir,
 }
 
 impl Binary {
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Binary {
+    async fn start(env: &[(&str, &str)]) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let url = fresh_database_url(&dir).await;
         let ws = seed_workspace(&connect(&url).await, "A").await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log_path = dir.path().join("server.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_conversation-service"));
-        command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("LOG_FORMAT")
-            .env_remove("METRICS_LISTEN")
-            .env("DATABASE_URL", &url)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap());
-        let child = command.spawn().unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let mut channel = None;
-        for _ in 0..100 {
-            if let Ok(c) = Channel::from_shared(endpoint.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                channel = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let client = pb::conversation_service_client::ConversationServiceClient::new(
-            channel.expect("server up"),
-        );
+        let server = ServerProcess::start(&url, env, dir.path()).await;
+        let client = server.client().await;
         Binary {
-            child,
+            server,
             client,
-            log_path,
             ws,
             _dir: dir,
         }
@@ -81,19 +43,10 @@ impl Binary {
 
     /// Stops the server (SIGTERM, so buffered spans are flushed) and
     /// returns its log.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if self.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        self.child.wait().unwrap();
-        std::fs::read_to_string(&self.log_path).unwrap()
+    async fn stop(mut self) -> String {
+        self.server.sigterm();
+        self.server.wait_exit(Duration::from_secs(10)).await;
+        self.server.log()
     }
 }
 
@@ -109,7 +62,7 @@ fn create(token: &str, ws: &Workspace) -> tonic::Request<pb::CreateConversationR
 
 #[tokio::test]
 async fn logs_carry_request_ids_and_never_a_token() {
-    let mut server = Binary::start(&[], &[("LOG_FILTER", "trace")]).await;
+    let mut server = Binary::start(&[("LOG_FILTER", "trace")]).await;
     let ws = server.ws.clone();
     server
         .client
@@ -136,7 +89,7 @@ async fn logs_carry_request_ids_and_never_a_token() {
         .unwrap_err();
     assert_eq!(malformed.code(), Code::Unauthenticated);
 
-    let log = server.stop();
+    let log = server.stop().await;
     let created = log
         .lines()
         .find(|line| line.contains("conversation created"))
@@ -165,13 +118,11 @@ async fn json_log_lines_carry_the_request_and_trace_ids_and_no_token() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut server = Binary::start(
-        &["--log-format", "json"],
-        &[
-            ("LOG_FILTER", "debug"),
-            ("METRICS_LISTEN", &metrics_addr.to_string()),
-        ],
-    )
+    let mut server = Binary::start(&[
+        ("LOG_FORMAT", "json"),
+        ("LOG_FILTER", "debug"),
+        ("METRICS_LISTEN", &metrics_addr.to_string()),
+    ])
     .await;
     let ws = server.ws.clone();
     let mut request = create(&ws.token, &ws);
@@ -186,14 +137,15 @@ async fn json_log_lines_carry_the_request_and_trace_ids_and_no_token() {
         .create_conversation(request)
         .await
         .expect("created");
-    // METRICS_LISTEN (the env twin of --metrics-listen) serves the counts.
+    // METRICS_LISTEN and LOG_FORMAT are the env twins of --metrics-listen and
+    // --log-format.
     let metrics = scrape_metrics(metrics_addr).await;
     assert!(
         metrics.contains(r#"grpc_server_handled_total{grpc_type="unary",grpc_service="helpdesk.v1.ConversationService",grpc_method="CreateConversation",grpc_code="OK"} 1"#),
         "{metrics}"
     );
 
-    let log = server.stop();
+    let log = server.stop().await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
@@ -231,8 +183,7 @@ impl TraceService for Collector {
     }
 }
 
-// Multi-threaded: the collector must answer while `stop` blocks its thread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn spans_join_the_callers_trace_and_go_out_by_otlp() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr = listener.local_addr().unwrap();
@@ -244,16 +195,13 @@ async fn spans_join_the_callers_trace_and_go_out_by_otlp() {
     );
 
     let endpoint = format!("http://{collector_addr}");
-    let mut server = Binary::start(
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            // No batch goes out on its own during the test: the span must
-            // come from the flush at shutdown.
-            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-            ("OTEL_SERVICE_NAME", "conversation-service-under-test"),
-        ],
-    )
+    let mut server = Binary::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // No batch goes out on its own during the test: the span must
+        // come from the flush at shutdown.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_SERVICE_NAME", "conversation-service-under-test"),
+    ])
     .await;
     let ws = server.ws.clone();
     let mut request = create(&ws.token, &ws);
@@ -268,7 +216,7 @@ async fn spans_join_the_callers_trace_and_go_out_by_otlp() {
         .create_conversation(request)
         .await
         .expect("created");
-    let log = server.stop();
+    let log = server.stop().await;
 
     let call = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

@@ -2,6 +2,11 @@
 //! calls it through the generated tonic client.
 
 mod helpers;
+// The reliability suite's child-process harness, for the tests of what the
+// binary itself logs and exports.
+#[allow(dead_code)]
+#[path = "../reliability/process.rs"]
+mod process;
 
 mod auth;
 mod cli;

@@ -15,6 +15,8 @@
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+// Shared with the api suite, which uses parts this suite does not.
+#[allow(dead_code)]
 mod process;
 
 mod faults;

@@ -64,6 +64,11 @@ impl ServerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_conversation-service"));
         command
             .args(["serve", "--listen", &self.addr.to_string()])
+            // Only what the test asks for: nothing inherited from the shell.
+            .env_remove("METRICS_LISTEN")
+            .env_remove("LOG_FORMAT")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env("DATABASE_URL", &self.database_url)
             .env("TOKEN_REFRESH_INTERVAL", "200ms")
             .env("HEALTH_CHECK_INTERVAL", "200ms")
@@ -84,6 +89,11 @@ impl ServerProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What the process has written to stderr (its log) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
     }
 
     pub fn pid(&self) -> u32 {
