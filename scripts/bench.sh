@@ -41,10 +41,13 @@ trap cleanup EXIT
 say() { printf '==> %s\n' "$*" >&2; }
 
 say "release build"
-cargo build --locked --release --bin conversation-service >&2
-cargo bench --locked --bench load --no-run >&2 2>&1 | tail -1 >&2
+# One release build serves both: the service and the load generator share
+# the library's artifacts (`cargo bench` would build it again, in its own
+# profile).
+LOAD_BIN=$(cargo build --locked --release --bin conversation-service --bench load --message-format=json-render-diagnostics \
+  | python3 -c 'import json,sys; print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable")])')
 BIN=target/release/conversation-service
-load() { cargo bench --locked --bench load -q 2>/dev/null; }
+load() { "$LOAD_BIN" 2>/dev/null; }
 
 results="$OUT/results.jsonl"; : > "$results"
 rss_kib=0

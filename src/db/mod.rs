@@ -84,6 +84,9 @@ pub async fn connect_reads(settings: &DbSettings) -> Result<DatabaseConnection, 
     Database::connect(options(settings, settings.max_connections)).await
 }
 
+/// How long a pooled connection may sit idle before it is pinged on acquire.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 fn options(settings: &DbSettings, max_connections: u32) -> ConnectOptions {
     let busy_timeout = settings.sqlite_busy_timeout;
     let mut options = ConnectOptions::new(settings.url.clone());
@@ -92,6 +95,13 @@ fn options(settings: &DbSettings, max_connections: u32) -> ConnectOptions {
         .min_connections(1)
         .connect_timeout(settings.acquire_timeout)
         .acquire_timeout(settings.acquire_timeout)
+        // sqlx pings every connection it hands out: a round trip to the
+        // database before each call's statements, as many as a Get has. A
+        // connection busy in the last second is known alive, so only one
+        // idle longer is pinged (pgxpool's default rule). A connection the
+        // server dropped within that second fails one call, which answers
+        // UNAVAILABLE and is closed when released.
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
         // sqlx logs every statement at INFO by default; at TRACE they stay out
         // of the way unless asked for (LOG_FILTER=sqlx::query=trace).
         .sqlx_logging(true)
@@ -177,5 +187,27 @@ fn pool_stats(db: &DatabaseConnection) -> PoolStats {
         DbBackend::Sqlite => of(db.get_sqlite_connection_pool()),
         // `connect` opens nothing else.
         _ => PoolStats::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connections_idle_past_the_threshold_are_pinged_on_acquire() {
+        let settings = DbSettings {
+            url: "postgres://localhost/x".into(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(3),
+            sqlite_busy_timeout: Duration::from_secs(3),
+        };
+        let options = options(&settings, 4);
+        // Pinging every acquire would add a round trip to every call.
+        assert!(!options.get_test_before_acquire());
+        assert_eq!(
+            options.get_test_before_acquire_if_idle_for(),
+            Some(PING_IF_IDLE_FOR)
+        );
     }
 }
