@@ -4,7 +4,9 @@
 //! p99 in milliseconds.
 //!
 //! Settings (scripts/bench.sh sets them): BENCH_ADDR, BENCH_TOKEN,
-//! BENCH_CUSTOMER, BENCH_OP (create | update | get | list_first | list_deep),
+//! BENCH_CUSTOMER, BENCH_OP (create | update | get | list_first | list_deep |
+//! health: the standard health Check, which touches no database: the
+//! ceiling the transport alone allows on this machine),
 //! BENCH_CONCURRENCY, BENCH_SECONDS (or BENCH_MILLIS), BENCH_ROWS (how many seeded rows exist;
 //! row n has id md5(n)), BENCH_DEEP_PAGE (default 1000), BENCH_CALLS (at most
 //! this many calls per caller; for statement capture).
@@ -20,6 +22,7 @@ use conversation_service::proto::v1::{
 use prost_types::FieldMask;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::{Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
@@ -124,6 +127,7 @@ async fn main() {
             .unwrap();
         let (setup, op) = (setup.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
+            let mut health = HealthClient::new(channel.clone());
             let mut client = ConversationServiceClient::new(channel);
             let mut rng = StdRng::seed_from_u64(caller as u64);
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
@@ -218,6 +222,7 @@ async fn main() {
                             .await
                             .is_ok_and(|r| r.get_ref().conversations.len() == 50)
                     }
+                    "health" => health.check(HealthCheckRequest::default()).await.is_ok(),
                     other => panic!("unknown BENCH_OP {other}"),
                 };
                 latencies.push(started.elapsed());

@@ -151,6 +151,17 @@ PY
   say "$op done"
 done
 
+# The transport's ceiling: the standard health Check through the same
+# server layers, touching no database. Its CPU per call, with the load
+# generator's and PostgreSQL's per statement, bounds what any operation can
+# reach on these cores even if the handler and the driver cost nothing.
+say "transport ceiling (health Check)"
+s0=$(ticks "$server_pid")
+ceiling=$(BENCH_OP=health BENCH_CONCURRENCY=$CONCURRENCY BENCH_SECONDS=$SECONDS_PER_OP load)
+s1=$(ticks "$server_pid")
+python3 -c 'import json,os,sys; c=json.loads(sys.argv[1]); us=1e6/os.sysconf("SC_CLK_TCK")/max(c["calls"],1); print(json.dumps({"rps": c["rps"], "service_cpu_us_per_request": round(int(sys.argv[2])*us, 1), "load_generator_cpu_us_per_request": round(c["cpu_ticks"]*us, 1)}))' \
+  "$ceiling" "$((s1 - s0))" > "$OUT/ceiling.json"
+
 say "peak RSS at 256 callers"
 BENCH_OP=get BENCH_CONCURRENCY=256 BENCH_SECONDS=$SECONDS_PER_OP load > "$OUT/rss-run.json"
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
@@ -197,15 +208,29 @@ python3 - "$results" "$rss_kib" "$ROWS" "$CONCURRENCY" "$SECONDS_PER_OP" "$OUT" 
 import json, sys, platform, os
 results, rss, rows, conc, secs, out, sqlite_results, sqlite_rows = sys.argv[1:9]
 ops = [json.loads(l) for l in open(results)]
+ceiling = json.load(open(f"{out}/ceiling.json")) if ops else None
+cpus = os.cpu_count()
+for o in ops:
+    # The most this operation could reach if only the transport, the load
+    # generator and PostgreSQL's own statements used the cores.
+    per_call = (ceiling["service_cpu_us_per_request"] + ceiling["load_generator_cpu_us_per_request"]
+                + o["postgres_cpu_us_per_statement"] * o["statements_per_call"])
+    o["cpu_bound_rps_with_free_handler"] = round(cpus * 1e6 / per_call, 1)
+    o["cpu_bound_ratio_with_free_handler"] = round(o["cpu_bound_rps_with_free_handler"] / o["pgbench_tps"], 3)
 sqlite = [json.loads(l) for l in open(sqlite_results)]
 names = {"create": "Create", "update": "Update (2-field mask + etag)", "get": "Get",
          "list_first": "List first page (50)", "list_deep": f"List page 1,000 over {int(rows):,} rows"}
-print(f"\n{'operation':38} {'svc RPC/s':>10} {'pgbench TPS':>12} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} {'pg p50':>7} {'pg p99':>7} {'svc CPU/req':>11} {'pg CPU/stmt':>11} {'load CPU/req':>12}")
+print(f"\n{'operation':38} {'svc RPC/s':>10} {'pgbench TPS':>12} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} {'pg p50':>7} {'pg p99':>7} {'svc CPU/req':>11} {'pg CPU/stmt':>11} {'load CPU/req':>12} {'bound':>6}")
 for o in ops:
     print(f"{names[o['op']]:38} {o['service_rps']:>10.0f} {o['pgbench_tps']:>12.0f} {o['ratio']:>6.2f} "
           f"{o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms {o['pgbench_p50_ms']:>5.2f}ms {o['pgbench_p99_ms']:>5.2f}ms "
           f"{o['service_cpu_us_per_request']:>9.0f}us {o['postgres_cpu_us_per_statement']:>9.0f}us "
-          f"{o['load_generator_cpu_us_per_request']:>10.0f}us")
+          f"{o['load_generator_cpu_us_per_request']:>10.0f}us {o['cpu_bound_ratio_with_free_handler']:>6.2f}")
+if ceiling:
+    print(f"\ntransport ceiling, the health Check (no database): {ceiling['rps']:.0f} RPC/s, "
+          f"service CPU {ceiling['service_cpu_us_per_request']:.0f}us/req, load generator {ceiling['load_generator_cpu_us_per_request']:.0f}us/req")
+    print("bound: the highest ratio these cores allow if the handler and the driver cost nothing "
+          "(transport + load generator + PostgreSQL's CPU for the statements)")
 first = next((o for o in ops if o["op"] == "list_first"), None)
 deep = next((o for o in ops if o["op"] == "list_deep"), None)
 deep_ratio = deep["service_p50_ms"] / first["service_p50_ms"] if first and deep else None
@@ -219,7 +244,7 @@ for o in sqlite:
     print(f"{o['op']:12} {o['service_rps']:>10.0f} {o['sqlite3_ops_per_s']:>14.0f} {o['ratio']:>6.2f} {o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms")
 report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
           "settings": {"rows": int(rows), "concurrency": int(conc), "seconds_per_op": int(secs)},
-          "operations": ops, "service_peak_rss_kib": int(rss),
+          "operations": ops, "transport_ceiling": ceiling, "service_peak_rss_kib": int(rss),
           "sqlite": {"rows": int(sqlite_rows), "operations": sqlite},
           "deep_over_first_page_p50": deep_ratio}
 json.dump(report, open(f"{out}/latest.json", "w"), indent=2)
