@@ -8,7 +8,7 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseExecutor, DbErr, EntityTrait,
     FromQueryResult, Iterable, ModelTrait, QueryFilter,
     sea_query::{Expr, Query},
 };
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
 use super::entity::customer;
-use super::{Db, begin_write, directory, error::is_unique_violation};
+use super::{Db, begin_write, directory, error::is_unique_violation, single_statement_writer};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
     Priority, Status,
@@ -46,9 +46,18 @@ pub async fn create(
 ) -> Result<Conversation, Error> {
     // The key and the digest a retry must match; computed only when asked for.
     let key = request_id.map(|id| (id, new.fingerprint()));
-    let txn = begin_write(db).await?;
+    // Reads before the INSERT (a retried request_id, the agent or assignee
+    // named) share a transaction with it. Without them the INSERT is the
+    // whole write, and runs alone.
+    let reads_first =
+        key.is_some() || new.origin_agent_id.is_some() || new.fields.assignee_id.is_some();
+    let writer = if reads_first {
+        DatabaseExecutor::OwnedTransaction(begin_write(db).await?)
+    } else {
+        DatabaseExecutor::Connection(single_statement_writer(db))
+    };
     if let Some((request_id, fingerprint)) = &key
-        && let Some(existing) = find_by_request_id(&txn, workspace_id, *request_id).await?
+        && let Some(existing) = find_by_request_id(&writer, workspace_id, *request_id).await?
     {
         return replay(existing, fingerprint);
     }
@@ -56,11 +65,11 @@ pub async fn create(
     let references = CreateReferences {
         customer_in_workspace: true,
         origin_agent: match new.origin_agent_id {
-            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
+            Some(id) => Some(directory::entry(&writer, workspace_id, id).await?),
             None => None,
         },
         assignee: match new.fields.assignee_id {
-            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
+            Some(id) => Some(directory::entry(&writer, workspace_id, id).await?),
             None => None,
         },
     };
@@ -78,16 +87,18 @@ pub async fn create(
     let conversation = match plan(true) {
         Ok(conversation) => conversation,
         Err(_) => {
-            plan(directory::customer_in_workspace(&txn, workspace_id, new.customer_id).await?)?
+            plan(directory::customer_in_workspace(&writer, workspace_id, new.customer_id).await?)?
         }
     };
     let mut row = to_model(&conversation);
     row.request_id = request_id;
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
-    match insert_for_customer(&txn, row).await {
+    match insert_for_customer(&writer, row).await {
         Ok(Some(row)) => {
-            txn.commit().await?;
+            if let DatabaseExecutor::OwnedTransaction(txn) = writer {
+                txn.commit().await?;
+            }
             to_domain(row)
         }
         Ok(None) => Err(plan(false).err().map_or_else(
@@ -98,7 +109,7 @@ pub async fn create(
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
             Some((request_id, fingerprint)) if is_unique_violation(&err) => {
-                drop(txn);
+                drop(writer);
                 let existing = find_by_request_id(&**db, workspace_id, *request_id)
                     .await?
                     .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
@@ -114,7 +125,7 @@ pub async fn create(
 /// FROM customers WHERE id = ... AND workspace_id = ...) RETURNING ...`.
 /// `None` when the customer is not there.
 async fn insert_for_customer(
-    txn: &DatabaseTransaction,
+    conn: &impl ConnectionTrait,
     row: Model,
 ) -> Result<Option<Model>, DbErr> {
     let customer_in_workspace = Query::select()
@@ -134,8 +145,8 @@ async fn insert_for_customer(
         .map_err(|e| DbErr::Custom(e.to_string()))?
         .returning_all()
         .to_owned();
-    let statement = txn.get_database_backend().build(&insert);
-    match txn.query_one_raw(statement).await? {
+    let statement = conn.get_database_backend().build(&insert);
+    match conn.query_one_raw(statement).await? {
         Some(row) => Model::from_query_result(&row, "").map(Some),
         None => Ok(None),
     }

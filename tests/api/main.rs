@@ -16,6 +16,7 @@ mod list;
 mod logs;
 mod observability;
 mod replicas;
+mod round_trips;
 mod serving;
 mod storage;
 mod update;

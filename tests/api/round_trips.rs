@@ -1,0 +1,234 @@
+//! Round trips: the statements each RPC sends to the database, read from
+//! sqlx's own statement log and grouped by the call's request id (the `rpc`
+//! span's field). Each extra statement is a round trip on every call, so the
+//! counts are pinned here.
+//!
+//! PostgreSQL's driver logs COMMIT (its BEGIN goes out unlogged, still a
+//! round trip), so there a transaction shows as a trailing COMMIT. SQLite's
+//! runs both in its worker without logging them, so there only the data
+//! statements are counted.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
+
+use prost_types::FieldMask;
+use tonic::Request;
+use tracing::{
+    Event, Subscriber,
+    field::{Field, Visit},
+    span,
+};
+use tracing_subscriber::{
+    Layer,
+    filter::filter_fn,
+    layer::{Context, SubscriberExt},
+    registry::LookupSpan,
+};
+use uuid::Uuid;
+
+use crate::helpers::*;
+use conversation_service::proto::v1 as pb;
+
+/// Statement summaries ("BEGIN", `SELECT "conversations"."id", …`) by
+/// request id.
+fn statements() -> &'static Mutex<HashMap<String, Vec<String>>> {
+    static STATEMENTS: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+    STATEMENTS.get_or_init(Default::default)
+}
+
+/// Installs the capturing subscriber once for this test binary. It listens
+/// only to `rpc` spans and `sqlx::query` events, so other tests are not
+/// slowed or changed.
+fn capture() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let layer = Capture.with_filter(filter_fn(|metadata| {
+            metadata.name() == "rpc" || metadata.target() == "sqlx::query"
+        }));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("no other global subscriber in the api tests");
+    });
+}
+
+struct RequestId(String);
+
+/// Reads one named field as text.
+struct FieldText {
+    name: &'static str,
+    value: Option<String>,
+}
+
+impl Visit for FieldText {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == self.name {
+            self.value = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == self.name {
+            self.value = Some(format!("{value:?}"));
+        }
+    }
+}
+
+struct Capture;
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let mut field = FieldText {
+            name: "request_id",
+            value: None,
+        };
+        attrs.record(&mut field);
+        if let (Some(request_id), Some(span)) = (field.value, ctx.span(id)) {
+            span.extensions_mut().insert(RequestId(request_id));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(request_id) = ctx.event_scope(event).and_then(|scope| {
+            scope
+                .from_root()
+                .find_map(|span| span.extensions().get::<RequestId>().map(|r| r.0.clone()))
+        }) else {
+            return;
+        };
+        let mut summary = FieldText {
+            name: "summary",
+            value: None,
+        };
+        event.record(&mut summary);
+        statements()
+            .lock()
+            .unwrap()
+            .entry(request_id)
+            .or_default()
+            .push(summary.value.unwrap_or_default());
+    }
+}
+
+fn postgres() -> bool {
+    std::env::var_os("TEST_POSTGRES_URL").is_some()
+}
+
+/// A request carrying the token and a fresh request id, and that id.
+fn tagged<T>(token: &str, message: T) -> (Request<T>, String) {
+    let request_id = format!("round-trips-{}", Uuid::new_v4());
+    let mut request = authed(token, message);
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
+    (request, request_id)
+}
+
+/// The statements a call sent; sqlx logs a statement when it completes,
+/// before the call answers.
+fn sent(request_id: &str) -> Vec<String> {
+    statements()
+        .lock()
+        .unwrap()
+        .get(request_id)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Checks a call's statements: `data` statements, in a transaction when
+/// `transaction` (seen on PostgreSQL only, as the COMMIT that ends it).
+fn assert_statements(call: &str, sent: &[String], data: usize, transaction: bool) {
+    let is_txn = |s: &String| matches!(s.as_str(), "BEGIN" | "COMMIT" | "ROLLBACK");
+    let data_sent = sent.iter().filter(|s| !is_txn(s)).count();
+    assert_eq!(data_sent, data, "{call}: {sent:?}");
+    if postgres() {
+        let expected: Vec<&str> = if transaction { vec!["COMMIT"] } else { vec![] };
+        let control: Vec<&str> = sent
+            .iter()
+            .filter(|s| is_txn(s))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(control, expected, "{call}: {sent:?}");
+        if transaction {
+            assert_eq!(sent.last().map(String::as_str), Some("COMMIT"), "{call}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_rpc_makes_the_fewest_round_trips() {
+    capture();
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let token = &app.a.token;
+
+    // A plain create is its INSERT alone: the customer check rides in it,
+    // and with nothing read first there is no transaction to open.
+    let (request, plain) = tagged(
+        token,
+        pb::CreateConversationRequest {
+            conversation: Some(email(&app.a)),
+            request_id: String::new(),
+        },
+    );
+    let created = client
+        .create_conversation(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    let sent_plain = sent(&plain);
+    assert_statements("plain create", &sent_plain, 1, false);
+    assert!(sent_plain[0].starts_with("INSERT"), "{sent_plain:?}");
+
+    // A request_id is looked up first, so lookup and INSERT share a
+    // transaction.
+    let (request, keyed) = tagged(
+        token,
+        pb::CreateConversationRequest {
+            conversation: Some(email(&app.a)),
+            request_id: Uuid::new_v4().to_string(),
+        },
+    );
+    client.create_conversation(request).await.unwrap();
+    assert_statements("create with a request_id", &sent(&keyed), 2, true);
+
+    // Get and the first page of a list: one SELECT each.
+    let (request, get) = tagged(
+        token,
+        pb::GetConversationRequest {
+            id: created.id.clone(),
+        },
+    );
+    client.get_conversation(request).await.unwrap();
+    assert_statements("get", &sent(&get), 1, false);
+    let (request, list) = tagged(
+        token,
+        pb::ListConversationsRequest {
+            page_size: 10,
+            ..Default::default()
+        },
+    );
+    client.list_conversations(request).await.unwrap();
+    assert_statements("list", &sent(&list), 1, false);
+
+    // An update with an etag: the locked read and the UPDATE ... RETURNING,
+    // with no read after the write.
+    let (request, update) = tagged(
+        token,
+        pb::UpdateConversationRequest {
+            conversation: Some(pb::Conversation {
+                subject: Some("Renamed".into()),
+                priority: pb::Priority::High as i32,
+                etag: created.etag.clone(),
+                ..with_id(&created.id)
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["subject".into(), "priority".into()],
+            }),
+        },
+    );
+    client.update_conversation(request).await.unwrap();
+    assert_statements("update", &sent(&update), 2, true);
+}
