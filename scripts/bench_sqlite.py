@@ -2,8 +2,9 @@
 """The plain SQLite client of `make bench`: python3's sqlite3 module running
 the statements the service sent (captured from its log with
 LOG_FILTER=sqlx::query=trace), one call at a time on one connection, in WAL
-mode with the service's pragmas. Writes run in BEGIN IMMEDIATE ... COMMIT,
-as the service runs them (sqlx does not log transaction control).
+mode with the service's pragmas. A write of several statements runs in
+BEGIN IMMEDIATE ... COMMIT and a lone write statement in autocommit, as the
+service runs them (sqlx does not log transaction control).
 
 Usage: bench_sqlite.py seed DB ROWS
        bench_sqlite.py run DB OP CAPTURED_LOG SECONDS WORKSPACE CUSTOMER
@@ -87,7 +88,7 @@ def run(path, op, log_path, seconds, workspace, customer):
     template = dict(db.execute("SELECT * FROM conversations LIMIT 1").fetchone())
     ws, cust = uuid.UUID(workspace).bytes, uuid.UUID(customer).bytes
     rows = db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
-    write = op in ("create", "update")
+    transaction = op in ("create", "update") and len(calls) > 1
     n, deadline = 0, time.monotonic() + seconds
     started = time.monotonic()
     while time.monotonic() < deadline:
@@ -102,14 +103,14 @@ def run(path, op, log_path, seconds, workspace, customer):
         elif op == "create":
             values.update({"id": uuid.uuid4().bytes, "subject": f"bench {n}", "created_at": now})
             values["customer_id"] = cust
-        if write:
+        if transaction:
             db.execute("BEGIN IMMEDIATE")
         for sql in calls:
             if sql.startswith("SELECT COUNT(*)") and '"customers"' in sql:
                 db.execute(sql, [cust, ws]).fetchall()
             else:
                 db.execute(sql, params(sql, values)).fetchall()
-        if write:
+        if transaction:
             db.execute("COMMIT")
     elapsed = time.monotonic() - started
     print(json.dumps({"op": op, "calls": n, "ops_per_s": round(n / elapsed, 1), "statements": len(calls)}))
