@@ -169,7 +169,7 @@ async fn main() {
                     "update" => {
                         let conversation = pb::Conversation {
                             id: own.clone(),
-                            subject: Some(format!("bench {caller}-{n}")),
+                            subject: Some(format!("bench update {caller}-{n}")),
                             priority: 1 + (n % 4) as i32,
                             etag: etag.clone(),
                             ..Default::default()

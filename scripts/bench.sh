@@ -32,6 +32,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-32}
 # ones (Get: 59 against 89 us). The callers stay at CONCURRENCY, as do
 # pgbench's clients.
 POOL=${BENCH_POOL:-$(( $(nproc) * 2 + 1 ))}
+# (SQLite's read pool gets the same size; its one writer is apart.)
 OPS=(${BENCH_OPS:-get list_first list_deep update create})
 OUT=$PWD/target/bench
 mkdir -p "$OUT"
@@ -52,6 +53,7 @@ say "release build"
 # profile).
 LOAD_BIN=$(cargo build --locked --release --bin conversation-service --bench load --message-format=json-render-diagnostics \
   | python3 -c 'import json,sys; print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable")])')
+[ -x "$LOAD_BIN" ] || { echo "the load generator's executable was not found in cargo's output" >&2; exit 1; }
 BIN=target/release/conversation-service
 load() { "$LOAD_BIN" 2>/dev/null; }
 
@@ -215,7 +217,7 @@ import json, sys, platform, os
 results, rss, rows, conc, secs, out, sqlite_results, sqlite_rows, pool = sys.argv[1:10]
 ops = [json.loads(l) for l in open(results)]
 ceiling = json.load(open(f"{out}/ceiling.json")) if ops else None
-cpus = os.cpu_count()
+cpus = len(os.sched_getaffinity(0))  # as nproc counts them
 for o in ops:
     # The most this operation could reach if only the transport, the load
     # generator and PostgreSQL's own statements used the cores.

@@ -83,6 +83,11 @@ def run(path, op, log_path, seconds, workspace, customer):
     calls = statements(log_path)
     if not calls:
         raise SystemExit(f"{op}: no statements captured")
+    # A captured write that changed nothing sends no UPDATE: the plain client
+    # would then be timed on a read.
+    verb = {"update": "UPDATE", "create": "INSERT"}.get(op)
+    if verb and not any(sql.upper().startswith(verb) for sql in calls):
+        raise SystemExit(f"{op}: the captured call sent no {verb}: {calls}")
     db = connect(path)
     db.row_factory = sqlite3.Row
     template = dict(db.execute("SELECT * FROM conversations LIMIT 1").fetchone())

@@ -146,8 +146,12 @@ async fn insert_for_customer(
         .returning_all()
         .to_owned();
     let statement = conn.get_database_backend().build(&insert);
-    match conn.query_one_raw(statement).await? {
-        Some(row) => Model::from_query_result(&row, "").map(Some),
+    // All rows, not the first: in autocommit SQLite commits when the
+    // statement runs to its end, and only stepping it there reports a
+    // failed commit (sqlx drops the error of a statement reset after its
+    // first row).
+    match conn.query_all_raw(statement).await?.first() {
+        Some(row) => Model::from_query_result(row, "").map(Some),
         None => Ok(None),
     }
 }

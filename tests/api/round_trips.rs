@@ -125,13 +125,15 @@ fn tagged<T>(token: &str, message: T) -> (Request<T>, String) {
 }
 
 /// The statements a call sent; sqlx logs a statement when it completes,
-/// before the call answers.
+/// before the call answers. A connection the pool opens during the call
+/// logs its setup (SQLite's PRAGMAs) there too; that is not the call's.
 fn sent(request_id: &str) -> Vec<String> {
+    let setup = |s: &String| s.starts_with("PRAGMA") || s.starts_with("SET");
     statements()
         .lock()
         .unwrap()
         .get(request_id)
-        .cloned()
+        .map(|sent| sent.iter().filter(|s| !setup(s)).cloned().collect())
         .unwrap_or_default()
 }
 
