@@ -250,7 +250,7 @@ print(f"\nSQLite ({int(sqlite_rows):,} rows; python3 sqlite3, one connection, sa
 print(f"{'operation':12} {'svc RPC/s':>10} {'sqlite3 ops/s':>14} {'ratio':>6} {'svc p50':>8} {'svc p99':>8}   (target ratio >= 0.5)")
 for o in sqlite:
     print(f"{o['op']:12} {o['service_rps']:>10.0f} {o['sqlite3_ops_per_s']:>14.0f} {o['ratio']:>6.2f} {o['service_p50_ms']:>6.2f}ms {o['service_p99_ms']:>6.2f}ms")
-report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+report = {"machine": {"cpus": cpus, "platform": platform.platform()},
           "settings": {"rows": int(rows), "concurrency": int(conc), "seconds_per_op": int(secs),
                        "service_pool_connections": int(pool)},
           "operations": ops, "transport_ceiling": ceiling, "service_peak_rss_kib": int(rss),
