@@ -8,8 +8,8 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseExecutor, DbErr, EntityTrait,
-    FromQueryResult, Iterable, ModelTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseExecutor, DbErr, EntityTrait, FromQueryResult, Iterable,
+    ModelTrait, QueryFilter,
     sea_query::{Expr, Query},
 };
 use uuid::Uuid;
@@ -27,11 +27,7 @@ use crate::error::Error;
 
 /// Returns a conversation of the workspace; any other id, including one of
 /// another workspace, is `ConversationNotFound`.
-pub async fn get(
-    db: &DatabaseConnection,
-    workspace_id: Uuid,
-    id: Uuid,
-) -> Result<Conversation, Error> {
+pub async fn get(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Conversation, Error> {
     let row = super::hot::by_id(db, workspace_id, id).await?;
     to_domain(row.ok_or(Error::ConversationNotFound)?)
 }

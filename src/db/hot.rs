@@ -11,13 +11,13 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnAcquireErr, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, RuntimeErr, Statement, sqlx,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Statement, sqlx,
 };
 use uuid::Uuid;
 
 use super::entity::conversation::{Column, Entity, Model};
+use super::{Db, Direct};
 
 /// One statement's SQL text for each backend.
 struct Sql {
@@ -73,46 +73,38 @@ static NEWEST: LazyLock<Sql> = LazyLock::new(|| {
     })
 });
 
-/// Runs `$sql` on a connection of `$db`'s pool with the bound `$args`,
-/// fetched with `$fetch` and decoded with `$decode`. Errors are classified as
-/// SeaORM's own queries' are: acquiring, then running.
+/// Runs `$sql` on a direct connection of `$db` (see `db::direct`) with the
+/// bound `$args`, fetched with `$fetch` and decoded with `$decode`. Errors
+/// are classified as SeaORM's own queries' are: acquiring, then running.
 macro_rules! run {
     ($db:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {
-        match $db.get_database_backend() {
-            DbBackend::Postgres => {
-                let mut conn = $db.get_postgres_connection_pool().acquire().await.map_err(acquire_err)?;
-                $decode(
-                    sqlx::query($sql.postgres.as_str())
-                        $(.bind($arg))+
-                        .$fetch(&mut *conn)
-                        .await
-                        .map_err(query_err)?,
-                )
+        match &$db.direct {
+            Direct::Postgres(pool) => {
+                let mut conn = pool.get().await?;
+                let rows = sqlx::query($sql.postgres.as_str())
+                    $(.bind($arg))+
+                    .$fetch(&mut *conn)
+                    .await
+                    .map_err(query_err)?;
+                conn.settle();
+                $decode(rows)
             }
-            DbBackend::Sqlite => {
-                let mut conn = $db.get_sqlite_connection_pool().acquire().await.map_err(acquire_err)?;
-                $decode(
-                    sqlx::query($sql.sqlite.as_str())
-                        $(.bind($arg))+
-                        .$fetch(&mut *conn)
-                        .await
-                        .map_err(query_err)?,
-                )
+            Direct::Sqlite(pool) => {
+                let mut conn = pool.get().await?;
+                let rows = sqlx::query($sql.sqlite.as_str())
+                    $(.bind($arg))+
+                    .$fetch(&mut *conn)
+                    .await
+                    .map_err(query_err)?;
+                conn.settle();
+                $decode(rows)
             }
-            backend => Err(DbErr::BackendNotSupported {
-                db: backend.as_str(),
-                ctx: "hot statements",
-            }),
         }
     };
 }
 
 /// The conversation `id` of the workspace, if any.
-pub async fn by_id(
-    db: &DatabaseConnection,
-    workspace_id: Uuid,
-    id: Uuid,
-) -> Result<Option<Model>, DbErr> {
+pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model>, DbErr> {
     run!(
         db,
         BY_ID,
@@ -145,11 +137,7 @@ pub async fn by_id_for_update(
 }
 
 /// The workspace's `limit` newest conversations.
-pub async fn newest(
-    db: &DatabaseConnection,
-    workspace_id: Uuid,
-    limit: u32,
-) -> Result<Vec<Model>, DbErr> {
+pub async fn newest(db: &Db, workspace_id: Uuid, limit: u32) -> Result<Vec<Model>, DbErr> {
     run!(
         db,
         NEWEST,
@@ -158,15 +146,6 @@ pub async fn newest(
         workspace_id,
         i64::from(limit)
     )
-}
-
-/// As SeaORM reports a connection that could not be had (see `db::error`).
-fn acquire_err(err: sqlx::Error) -> DbErr {
-    match err {
-        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
-        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
-        _ => DbErr::Conn(RuntimeErr::SqlxError(err.into())),
-    }
 }
 
 fn query_err(err: sqlx::Error) -> DbErr {

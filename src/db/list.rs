@@ -5,11 +5,12 @@
 //! inserted or updated meanwhile never shift the pages.
 
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
 
+use super::Db;
 use super::conversation::to_domain;
 use super::entity::conversation::{Column, Entity};
 use crate::domain::{
@@ -25,7 +26,7 @@ pub struct Page {
 }
 
 pub async fn list(
-    db: &DatabaseConnection,
+    db: &Db,
     workspace_id: Uuid,
     filter: &Filter,
     order: Order,
@@ -71,7 +72,7 @@ pub async fn list(
             .order_by(sort, direction.clone())
             .order_by(Column::Id, direction)
             .limit(u64::from(limit))
-            .all(db)
+            .all(&**db)
             .await?
     };
 

@@ -2,6 +2,7 @@
 //! Every query that reads or writes tenant data is scoped by workspace.
 
 pub mod conversation;
+pub mod direct;
 pub mod directory;
 pub mod entity;
 pub mod error;
@@ -15,9 +16,14 @@ use std::{ops::Deref, time::Duration};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    sqlx::{
+        PgConnection, SqliteConnection,
+        sqlite::{SqliteJournalMode, SqliteSynchronous},
+    },
 };
 use sea_orm_migration::MigratorTrait;
+
+use direct::DirectPool;
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -45,11 +51,64 @@ pub struct DbSettings {
 ///
 /// It dereferences to the read pool; write transactions start with
 /// [`begin_write`], and a lone write statement runs on
-/// [`single_statement_writer`].
+/// [`single_statement_writer`]. The hot reads (`db::hot`) run on connections
+/// of their own, which are not pinged after each use (see `db::direct`).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: DatabaseConnection,
     writer: DatabaseConnection,
+    direct: Direct,
+}
+
+/// The connections of the hot reads, of the pool's backend.
+#[derive(Debug, Clone)]
+pub(crate) enum Direct {
+    Postgres(DirectPool<PgConnection>),
+    Sqlite(DirectPool<SqliteConnection>),
+}
+
+impl Direct {
+    /// As many connections as the read pool may open, with its options.
+    fn of(pool: &DatabaseConnection, settings: &DbSettings) -> Result<Self, DbErr> {
+        let (max, timeout) = (settings.max_connections, settings.acquire_timeout);
+        match pool.get_database_backend() {
+            DbBackend::Postgres => {
+                let options = pool.get_postgres_connection_pool().connect_options();
+                Ok(Self::Postgres(DirectPool::new(
+                    (*options).clone(),
+                    max,
+                    timeout,
+                )))
+            }
+            DbBackend::Sqlite => {
+                let options = pool.get_sqlite_connection_pool().connect_options();
+                Ok(Self::Sqlite(DirectPool::new(
+                    (*options).clone(),
+                    max,
+                    timeout,
+                )))
+            }
+            backend => Err(DbErr::BackendNotSupported {
+                db: backend.as_str(),
+                ctx: "direct connections",
+            }),
+        }
+    }
+
+    fn stats(&self) -> PoolStats {
+        let (open, idle, max) = match self {
+            Self::Postgres(pool) => pool.stats(),
+            Self::Sqlite(pool) => pool.stats(),
+        };
+        PoolStats { open, idle, max }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
 }
 
 impl Deref for Db {
@@ -62,6 +121,7 @@ impl Deref for Db {
 
 impl Db {
     pub async fn close(self) -> Result<(), DbErr> {
+        self.direct.close().await;
         self.writer.close().await?;
         self.pool.close().await
     }
@@ -77,7 +137,12 @@ pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
         DbBackend::Sqlite => Database::connect(options(settings, 1)).await?,
         _ => pool.clone(),
     };
-    Ok(Db { pool, writer })
+    let direct = Direct::of(&pool, settings)?;
+    Ok(Db {
+        pool,
+        writer,
+        direct,
+    })
 }
 
 /// A pool for reads alone (the health probe): no writer connection.
@@ -86,7 +151,7 @@ pub async fn connect_reads(settings: &DbSettings) -> Result<DatabaseConnection, 
 }
 
 /// How long a pooled connection may sit idle before it is pinged on acquire.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+pub(crate) const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 fn options(settings: &DbSettings, max_connections: u32) -> ConnectOptions {
     let busy_timeout = settings.sqlite_busy_timeout;
@@ -166,19 +231,27 @@ pub struct PoolStats {
 }
 
 impl Db {
-    /// The read pool and, on SQLite, the writer connection, together: a call
-    /// waiting for either is waiting for a connection.
+    /// The read pool, the hot reads' connections and, on SQLite, the writer
+    /// connection, together: a call waiting for any is waiting for a
+    /// connection.
     pub fn pool_stats(&self) -> PoolStats {
-        let pool = pool_stats(&self.pool);
-        if self.pool.get_database_backend() != DbBackend::Sqlite {
-            // The writer is the same pool.
-            return pool;
+        let mut stats = pool_stats(&self.pool) + self.direct.stats();
+        if self.pool.get_database_backend() == DbBackend::Sqlite {
+            // Elsewhere the writer is the read pool.
+            stats = stats + pool_stats(&self.writer);
         }
-        let writer = pool_stats(&self.writer);
-        PoolStats {
-            open: pool.open + writer.open,
-            idle: pool.idle + writer.idle,
-            max: pool.max + writer.max,
+        stats
+    }
+}
+
+impl std::ops::Add for PoolStats {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            open: self.open + other.open,
+            idle: self.idle + other.idle,
+            max: self.max + other.max,
         }
     }
 }

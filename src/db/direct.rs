@@ -1,0 +1,231 @@
+//! Connections for the hot statements (`db::hot`), kept outside sqlx's pool.
+//!
+//! sqlx's pool pings every connection it takes back, unconditionally: on
+//! PostgreSQL a Sync and a wait for ReadyForQuery. For a call that is one
+//! statement that is a second round trip, and the database wakes for it as
+//! often as for the statement. These connections are opened with the pool's
+//! own options and handed out by a deadpool pool that checks them without a
+//! round trip:
+//!
+//! - a connection goes back into use only if its last statement ran to its
+//!   end without error ([`Lease::settle`]); one whose call was cancelled or
+//!   failed midway is closed, never reused in an unknown state;
+//! - one idle for longer than [`PING_IF_IDLE_FOR`] is pinged before it is
+//!   handed out, as the main pool does (see `db::options`);
+//! - one older than [`MAX_LIFETIME`] is replaced, as sqlx's default does.
+
+use std::{
+    ops::{Deref, DerefMut},
+    time::Duration,
+};
+
+use deadpool::{
+    Runtime,
+    managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult},
+};
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, sqlx};
+
+use super::PING_IF_IDLE_FOR;
+
+/// How long a connection serves before it is replaced.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// A pool of connections of type `C` (`PgConnection`, `SqliteConnection`).
+pub struct DirectPool<C: sqlx::Connection> {
+    pool: managed::Pool<Opener<C>>,
+}
+
+impl<C: sqlx::Connection> std::fmt::Debug for DirectPool<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectPool")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+impl<C: sqlx::Connection> Clone for DirectPool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// Opens connections with the main pool's options, and decides whether one
+/// may be reused.
+struct Opener<C: sqlx::Connection> {
+    options: C::Options,
+}
+
+/// A pooled connection, and whether its last use ran to its end.
+struct Conn<C> {
+    raw: C,
+    settled: bool,
+}
+
+impl<C: sqlx::Connection> managed::Manager for Opener<C> {
+    type Type = Conn<C>;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<Conn<C>, sqlx::Error> {
+        Ok(Conn {
+            raw: C::connect_with(&self.options).await?,
+            settled: true,
+        })
+    }
+
+    async fn recycle(&self, conn: &mut Conn<C>, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+        if !conn.settled {
+            return Err(RecycleError::message("its last statement did not finish"));
+        }
+        if metrics.age() > MAX_LIFETIME {
+            return Err(RecycleError::message("it reached its lifetime"));
+        }
+        if metrics.last_used() > PING_IF_IDLE_FOR {
+            conn.raw.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+impl<C: sqlx::Connection> DirectPool<C> {
+    /// At most `max_size` connections, opened on demand with `options`. A
+    /// caller waits at most `acquire_timeout` for one, and so does opening
+    /// one.
+    pub fn new(options: C::Options, max_size: u32, acquire_timeout: Duration) -> Self {
+        let pool = managed::Pool::builder(Opener { options })
+            .max_size(usize::try_from(max_size).unwrap_or(usize::MAX))
+            .wait_timeout(Some(acquire_timeout))
+            .create_timeout(Some(acquire_timeout))
+            .recycle_timeout(Some(acquire_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            // Only a timeout without a runtime fails to build.
+            .expect("a runtime is set");
+        Self { pool }
+    }
+
+    /// A connection, for one use: call [`Lease::settle`] once it succeeded,
+    /// or it is closed instead of reused.
+    pub async fn get(&self) -> Result<Lease<C>, DbErr> {
+        let mut conn = self.pool.get().await.map_err(acquire_err)?;
+        conn.settled = false;
+        Ok(Lease(conn))
+    }
+
+    /// Connections open, connections idle, and the most there may be.
+    pub fn stats(&self) -> (u32, u32, u32) {
+        let status = self.pool.status();
+        let n = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        (n(status.size), n(status.available), n(status.max_size))
+    }
+
+    /// Refuses new leases and closes the idle connections, each with its
+    /// protocol's goodbye. A leased connection closes when it comes back.
+    pub async fn close(&self) {
+        let idle = self.pool.retain(|_, _| false).removed;
+        self.pool.close();
+        for conn in idle {
+            let _ = conn.raw.close().await;
+        }
+    }
+}
+
+/// A leased connection; see [`DirectPool::get`].
+pub struct Lease<C: sqlx::Connection>(Object<Opener<C>>);
+
+impl<C: sqlx::Connection> Lease<C> {
+    /// Marks the connection fit for reuse: its statement ran to its end.
+    pub fn settle(&mut self) {
+        self.0.settled = true;
+    }
+}
+
+impl<C: sqlx::Connection> Deref for Lease<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.0.raw
+    }
+}
+
+impl<C: sqlx::Connection> DerefMut for Lease<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.0.raw
+    }
+}
+
+/// As SeaORM reports a connection that could not be had, so `db::error`
+/// classifies it as UNAVAILABLE.
+fn acquire_err(err: PoolError<sqlx::Error>) -> DbErr {
+    match err {
+        PoolError::Timeout(_) => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        PoolError::Closed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        PoolError::Backend(err) => DbErr::Conn(RuntimeErr::SqlxError(err.into())),
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+            DbErr::Custom(format!("connection pool: {err}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::sqlx::{Executor, SqliteConnection, sqlite::SqliteConnectOptions};
+
+    use super::*;
+
+    /// One connection at most, so every lease is that connection or its
+    /// replacement. A TEMP table lives and dies with its connection, which
+    /// tells the two apart.
+    fn one_connection(dir: &tempfile::TempDir) -> DirectPool<SqliteConnection> {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("direct.db"))
+            .create_if_missing(true);
+        DirectPool::new(options, 1, Duration::from_secs(5))
+    }
+
+    async fn has_marker(pool: &DirectPool<SqliteConnection>) -> bool {
+        let mut conn = pool.get().await.unwrap();
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM sqlite_temp_master WHERE type = 'table' AND name = 'marker'",
+        )
+        .fetch_optional(&mut *conn)
+        .await
+        .unwrap();
+        conn.settle();
+        found.is_some()
+    }
+
+    #[tokio::test]
+    async fn a_settled_connection_is_reused_and_an_unsettled_one_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = one_connection(&dir);
+
+        let mut conn = pool.get().await.unwrap();
+        conn.execute("CREATE TEMP TABLE marker (x)").await.unwrap();
+        conn.settle();
+        drop(conn);
+        assert!(has_marker(&pool).await, "a settled connection is reused");
+
+        // A lease dropped before it settled: its statement may have been cut
+        // off (a cancelled call, an error), so the connection is not reused.
+        let conn = pool.get().await.unwrap();
+        drop(conn);
+        assert!(
+            !has_marker(&pool).await,
+            "an unsettled connection is closed"
+        );
+        assert_eq!(pool.stats(), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_refuses_leases_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = one_connection(&dir);
+        assert!(!has_marker(&pool).await);
+        pool.close().await;
+        let err = pool.get().await.err().unwrap();
+        assert!(super::super::error::is_unavailable(&err), "{err:?}");
+        assert_eq!(pool.stats().0, 0, "the idle connection was closed");
+    }
+}
