@@ -8,15 +8,15 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
-    ColumnTrait, ConnectionTrait, DatabaseExecutor, DbErr, EntityTrait, FromQueryResult, Iterable,
-    ModelTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, EntityTrait, Iterable,
+    ModelTrait, QueryFilter, Statement,
     sea_query::{Expr, Query},
 };
 use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
 use super::entity::customer;
-use super::{Db, begin_write, directory, error::is_unique_violation, single_statement_writer};
+use super::{Db, begin_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
     Priority, Status,
@@ -44,16 +44,22 @@ pub async fn create(
     let key = request_id.map(|id| (id, new.fingerprint()));
     // Reads before the INSERT (a retried request_id, the agent or assignee
     // named) share a transaction with it. Without them the INSERT is the
-    // whole write, and runs alone.
+    // whole write, and runs alone, in autocommit.
     let reads_first =
         key.is_some() || new.origin_agent_id.is_some() || new.fields.assignee_id.is_some();
-    let writer = if reads_first {
-        DatabaseExecutor::OwnedTransaction(begin_write(db).await?)
+    let txn = if reads_first {
+        Some(begin_write(db).await?)
     } else {
-        DatabaseExecutor::Connection(single_statement_writer(db))
+        None
+    };
+    // Without a transaction, the only read is a refused create's customer
+    // lookup, from the read pool.
+    let reader = match &txn {
+        Some(txn) => DatabaseExecutor::Transaction(txn),
+        None => DatabaseExecutor::Connection(db),
     };
     if let Some((request_id, fingerprint)) = &key
-        && let Some(existing) = find_by_request_id(&writer, workspace_id, *request_id).await?
+        && let Some(existing) = find_by_request_id(&reader, workspace_id, *request_id).await?
     {
         return replay(existing, fingerprint);
     }
@@ -61,11 +67,11 @@ pub async fn create(
     let references = CreateReferences {
         customer_in_workspace: true,
         origin_agent: match new.origin_agent_id {
-            Some(id) => Some(directory::entry(&writer, workspace_id, id).await?),
+            Some(id) => Some(directory::entry(&reader, workspace_id, id).await?),
             None => None,
         },
         assignee: match new.fields.assignee_id {
-            Some(id) => Some(directory::entry(&writer, workspace_id, id).await?),
+            Some(id) => Some(directory::entry(&reader, workspace_id, id).await?),
             None => None,
         },
     };
@@ -83,16 +89,21 @@ pub async fn create(
     let conversation = match plan(true) {
         Ok(conversation) => conversation,
         Err(_) => {
-            plan(directory::customer_in_workspace(&writer, workspace_id, new.customer_id).await?)?
+            plan(directory::customer_in_workspace(&reader, workspace_id, new.customer_id).await?)?
         }
     };
     let mut row = to_model(&conversation);
     row.request_id = request_id;
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
-    match insert_for_customer(&writer, row).await {
+    let insert = insert_for_customer(db.get_database_backend(), row)?;
+    let inserted = match &txn {
+        Some(txn) => super::hot::returning_in(txn, insert).await,
+        None => super::hot::write_alone(db, insert).await,
+    };
+    match inserted {
         Ok(Some(row)) => {
-            if let DatabaseExecutor::OwnedTransaction(txn) = writer {
+            if let Some(txn) = txn {
                 txn.commit().await?;
             }
             to_domain(row)
@@ -105,7 +116,7 @@ pub async fn create(
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
             Some((request_id, fingerprint)) if is_unique_violation(&err) => {
-                drop(writer);
+                drop(txn);
                 let existing = find_by_request_id(&**db, workspace_id, *request_id)
                     .await?
                     .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
@@ -116,14 +127,12 @@ pub async fn create(
     }
 }
 
-/// Inserts `row` if its customer is in its workspace, in one statement:
+/// The statement that inserts `row` if its customer is in its workspace:
 /// `INSERT INTO conversations (...) SELECT $1, ... WHERE EXISTS (SELECT 1
-/// FROM customers WHERE id = ... AND workspace_id = ...) RETURNING ...`.
-/// `None` when the customer is not there.
-async fn insert_for_customer(
-    conn: &impl ConnectionTrait,
-    row: Model,
-) -> Result<Option<Model>, DbErr> {
+/// FROM customers WHERE id = ... AND workspace_id = ...) RETURNING ...`,
+/// one statement instead of two. It returns no row when the customer is not
+/// there; the row it returns has `Entity::find()`'s columns, in order.
+fn insert_for_customer(backend: DbBackend, row: Model) -> Result<Statement, DbErr> {
     let customer_in_workspace = Query::select()
         .expr(Expr::cust("1"))
         .from(customer::Entity)
@@ -139,17 +148,9 @@ async fn insert_for_customer(
         .columns(Column::iter())
         .select_from(values)
         .map_err(|e| DbErr::Custom(e.to_string()))?
-        .returning_all()
+        .returning(Query::returning().columns(Column::iter()))
         .to_owned();
-    let statement = conn.get_database_backend().build(&insert);
-    // All rows, not the first: in autocommit SQLite commits when the
-    // statement runs to its end, and only stepping it there reports a
-    // failed commit (sqlx drops the error of a statement reset after its
-    // first row).
-    match conn.query_all_raw(statement).await?.first() {
-        Some(row) => Model::from_query_result(row, "").map(Some),
-        None => Ok(None),
-    }
+    Ok(backend.build(&insert))
 }
 
 async fn find_by_request_id(

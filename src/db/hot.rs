@@ -12,8 +12,10 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Statement, sqlx,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Statement,
+    Values, sqlx,
 };
+use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use super::entity::conversation::{Column, Entity, Model};
@@ -146,6 +148,40 @@ pub async fn newest(db: &Db, workspace_id: Uuid, limit: u32) -> Result<Vec<Model
         workspace_id,
         i64::from(limit)
     )
+}
+
+/// Runs `statement`, a write that reads nothing first and returns a
+/// conversation's columns in `Entity::find()`'s order, in autocommit: on
+/// PostgreSQL on a direct connection, on SQLite on the writer (see `Db`).
+pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
+    match &db.direct {
+        Direct::Postgres(pool) => {
+            let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+            let mut conn = pool.get().await?;
+            let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), values)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(query_err)?;
+            conn.settle();
+            rows.first().map(model).transpose()
+        }
+        Direct::Sqlite(_) => returning_in(&db.writer, statement).await,
+    }
+}
+
+/// Runs `statement`, which returns a conversation's columns, on `conn`.
+pub async fn returning_in(
+    conn: &impl ConnectionTrait,
+    statement: Statement,
+) -> Result<Option<Model>, DbErr> {
+    // All rows, not the first: in autocommit SQLite commits when the
+    // statement runs to its end, and only stepping it there reports a
+    // failed commit (sqlx drops the error of a statement reset after its
+    // first row).
+    match conn.query_all_raw(statement).await?.first() {
+        Some(row) => Model::from_query_result(row, "").map(Some),
+        None => Ok(None),
+    }
 }
 
 fn query_err(err: sqlx::Error) -> DbErr {

@@ -50,9 +50,9 @@ pub struct DbSettings {
 /// rolled back. PostgreSQL locks rows, so there the writer is the same pool.
 ///
 /// It dereferences to the read pool; write transactions start with
-/// [`begin_write`], and a lone write statement runs on
-/// [`single_statement_writer`]. The hot reads (`db::hot`) run on connections
-/// of their own, which are not pinged after each use (see `db::direct`).
+/// [`begin_write`], and a lone write statement runs with
+/// [`hot::write_alone`]. The hot statements (`db::hot`) run on connections of
+/// their own, which are not pinged after each use (see `db::direct`).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: DatabaseConnection,
@@ -210,14 +210,6 @@ pub async fn begin_write(db: &Db) -> Result<DatabaseTransaction, DbErr> {
             ..Default::default()
         })
         .await
-}
-
-/// The writer, for a write that is one statement and reads nothing first: it
-/// runs in autocommit, one round trip where a transaction takes three
-/// (BEGIN, the statement, COMMIT). On SQLite it still queues for the one
-/// writer connection; a statement that writes takes the write lock itself.
-pub fn single_statement_writer(db: &Db) -> &DatabaseConnection {
-    &db.writer
 }
 
 /// How full the pools are right now.
