@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
 use super::entity::customer;
-use super::{Db, begin_write, directory, error::is_unique_violation};
+use super::{Db, begin_direct_write, begin_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
     Priority, Status,
@@ -182,7 +182,7 @@ pub async fn update(
     patch: &ConversationPatch,
     expected_etag: Option<&str>,
 ) -> Result<Conversation, Error> {
-    let txn = begin_write(db).await?;
+    let txn = begin_direct_write(db).await?;
     let row = super::hot::by_id_for_update(&txn, workspace_id, id)
         .await?
         .ok_or(Error::ConversationNotFound)?;

@@ -13,6 +13,9 @@
 //! - one idle for longer than [`PING_IF_IDLE_FOR`] is pinged before it is
 //!   handed out, as the main pool does (see `db::options`);
 //! - one older than [`MAX_LIFETIME`] is replaced, as sqlx's default does.
+//!
+//! An update's transaction runs on one too ([`DirectTransaction`]), so its
+//! COMMIT is not followed by a ping either.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -23,7 +26,13 @@ use deadpool::{
     Runtime,
     managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult},
 };
-use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, sqlx};
+use sea_orm::{
+    ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
+    Statement, Values,
+    sqlx::{self, AssertSqlSafe, Executor, PgConnection},
+};
+use sea_query_sqlx::SqlxValues;
+use tokio::sync::Mutex;
 
 use super::PING_IF_IDLE_FOR;
 
@@ -57,10 +66,12 @@ struct Opener<C: sqlx::Connection> {
     options: C::Options,
 }
 
-/// A pooled connection, and whether its last use ran to its end.
+/// A pooled connection, whether its last use ran to its end, and whether
+/// it holds a transaction that was neither committed nor rolled back.
 struct Conn<C> {
     raw: C,
     settled: bool,
+    in_transaction: bool,
 }
 
 impl<C: sqlx::Connection> managed::Manager for Opener<C> {
@@ -71,6 +82,7 @@ impl<C: sqlx::Connection> managed::Manager for Opener<C> {
         Ok(Conn {
             raw: C::connect_with(&self.options).await?,
             settled: true,
+            in_transaction: false,
         })
     }
 
@@ -80,6 +92,11 @@ impl<C: sqlx::Connection> managed::Manager for Opener<C> {
         }
         if metrics.age() > MAX_LIFETIME {
             return Err(RecycleError::message("it reached its lifetime"));
+        }
+        if conn.in_transaction {
+            // Not reached: a transaction ends in its COMMIT, its ROLLBACK
+            // (see `DirectTransaction`'s drop), or a closed connection.
+            return Err(RecycleError::message("it holds a transaction"));
         }
         if metrics.last_used() > PING_IF_IDLE_FOR {
             conn.raw.ping().await?;
@@ -155,6 +172,121 @@ impl<C: sqlx::Connection> DerefMut for Lease<C> {
     }
 }
 
+/// A write transaction on a direct PostgreSQL connection, which runs
+/// SeaORM's statements as `DatabaseTransaction` does, without the pool's
+/// ping after it.
+///
+/// Dropped without [`commit`](Self::commit) (an early return), it is rolled
+/// back at once, in a task of its own, so its row locks do not wait for the
+/// connection's next use. One dropped while a statement ran (a cancelled
+/// call) or after a failed statement closes its connection, which ends the
+/// transaction on the server.
+pub struct DirectTransaction {
+    /// `None` once committed or handed to the rollback.
+    conn: Mutex<Option<Lease<PgConnection>>>,
+}
+
+impl DirectTransaction {
+    pub async fn begin(pool: &DirectPool<PgConnection>) -> Result<Self, DbErr> {
+        let mut conn = pool.get().await?;
+        conn.execute("BEGIN").await.map_err(exec_err)?;
+        conn.0.in_transaction = true;
+        conn.settle();
+        Ok(Self {
+            conn: Mutex::new(Some(conn)),
+        })
+    }
+
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let mut conn = self.conn.get_mut().take().expect("open until committed");
+        conn.0.settled = false;
+        conn.execute("COMMIT").await.map_err(exec_err)?;
+        conn.0.in_transaction = false;
+        conn.settle();
+        Ok(())
+    }
+}
+
+impl Drop for DirectTransaction {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.get_mut().take() else {
+            return;
+        };
+        if !conn.0.settled {
+            // Closed when dropped, and the server rolls back.
+            return;
+        }
+        conn.0.settled = false;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if conn.execute("ROLLBACK").await.is_ok() {
+                conn.0.in_transaction = false;
+                conn.settle();
+            }
+        });
+    }
+}
+
+/// Runs a SeaORM statement on the transaction's connection, bound as SeaORM
+/// binds it, with `$method` (`execute`, `fetch_all`...). The connection is
+/// marked unsettled until the statement has succeeded.
+macro_rules! run {
+    ($txn:expr, $statement:expr, $method:ident, $err:expr) => {{
+        let statement: Statement = $statement;
+        let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+        let query = sqlx::query_with(AssertSqlSafe(statement.sql), values);
+        let mut guard = $txn.conn.lock().await;
+        let conn = guard.as_mut().expect("open until committed");
+        conn.0.settled = false;
+        let result = query.$method(&mut **conn).await.map_err($err)?;
+        conn.settle();
+        result
+    }};
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for DirectTransaction {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
+        Ok(run!(self, statement, execute, exec_err).into())
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let mut guard = self.conn.lock().await;
+        let conn = guard.as_mut().expect("open until committed");
+        conn.0.settled = false;
+        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(&mut **conn)
+            .await
+            .map_err(exec_err)?;
+        conn.settle();
+        Ok(result.into())
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        Ok(run!(self, statement, fetch_optional, query_err).map(QueryResult::from))
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let rows = run!(self, statement, fetch_all, query_err);
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+}
+
+/// As SeaORM reports a failed statement, so `db::error` classifies it.
+fn exec_err(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(err.into()))
+}
+
+pub(super) fn query_err(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(err.into()))
+}
+
 /// As SeaORM reports a connection that could not be had, so `db::error`
 /// classifies it as UNAVAILABLE.
 fn acquire_err(err: PoolError<sqlx::Error>) -> DbErr {
@@ -170,7 +302,7 @@ fn acquire_err(err: PoolError<sqlx::Error>) -> DbErr {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::sqlx::{Executor, SqliteConnection, sqlite::SqliteConnectOptions};
+    use sea_orm::sqlx::{SqliteConnection, sqlite::SqliteConnectOptions};
 
     use super::*;
 

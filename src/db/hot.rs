@@ -11,15 +11,14 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Statement,
-    Values, sqlx,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement, Values, sqlx,
 };
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use super::entity::conversation::{Column, Entity, Model};
-use super::{Db, Direct};
+use super::{Db, Direct, direct::query_err};
 
 /// One statement's SQL text for each backend.
 struct Sql {
@@ -122,7 +121,7 @@ pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model
 /// transaction `txn`. It runs in SeaORM's transaction, so only the query
 /// building is saved; the row decodes as SeaORM's own queries do.
 pub async fn by_id_for_update(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     workspace_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Model>, DbErr> {
@@ -182,10 +181,6 @@ pub async fn returning_in(
         Some(row) => Model::from_query_result(row, "").map(Some),
         None => Ok(None),
     }
-}
-
-fn query_err(err: sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(err.into()))
 }
 
 /// Decodes a row of `Entity::find()`'s columns, by position.

@@ -15,7 +15,8 @@ use std::{ops::Deref, time::Duration};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DbErr, ExecResult, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
     sqlx::{
         PgConnection, SqliteConnection,
         sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -23,7 +24,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use direct::DirectPool;
+use direct::{DirectPool, DirectTransaction};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -210,6 +211,69 @@ pub async fn begin_write(db: &Db) -> Result<DatabaseTransaction, DbErr> {
             ..Default::default()
         })
         .await
+}
+
+/// A write transaction of a conversation: on PostgreSQL on a direct
+/// connection (see `db::direct`), on SQLite the writer's ([`begin_write`]).
+pub enum WriteTransaction {
+    Direct(DirectTransaction),
+    Writer(DatabaseTransaction),
+}
+
+/// As [`begin_write`], but on PostgreSQL on a direct connection: the pool
+/// does not ping it after the COMMIT.
+pub async fn begin_direct_write(db: &Db) -> Result<WriteTransaction, DbErr> {
+    Ok(match &db.direct {
+        Direct::Postgres(pool) => WriteTransaction::Direct(DirectTransaction::begin(pool).await?),
+        Direct::Sqlite(_) => WriteTransaction::Writer(begin_write(db).await?),
+    })
+}
+
+impl WriteTransaction {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        match self {
+            Self::Direct(txn) => txn.commit().await,
+            Self::Writer(txn) => txn.commit().await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteTransaction {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Direct(txn) => txn.get_database_backend(),
+            Self::Writer(txn) => txn.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Direct(txn) => txn.execute_raw(statement).await,
+            Self::Writer(txn) => txn.execute_raw(statement).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Direct(txn) => txn.execute_unprepared(sql).await,
+            Self::Writer(txn) => txn.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Direct(txn) => txn.query_one_raw(statement).await,
+            Self::Writer(txn) => txn.query_one_raw(statement).await,
+        }
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Direct(txn) => txn.query_all_raw(statement).await,
+            Self::Writer(txn) => txn.query_all_raw(statement).await,
+        }
+    }
 }
 
 /// How full the pools are right now.

@@ -922,3 +922,48 @@ async fn no_mask_accepts_immutable_fields_equal_to_the_stored_ones() {
     let updated = app.update(&app.a.token, sent, None).await.unwrap();
     assert_eq!(updated.subject.as_deref(), Some("same immutables"));
 }
+
+/// An update that gives up after locking the row (a stale etag, nothing to
+/// change, a refused value) leaves it unlocked for the next writer, at once:
+/// its transaction is rolled back, not left open on an idle connection.
+#[tokio::test]
+async fn an_update_that_gives_up_releases_the_row_at_once() {
+    use conversation_service::db::{begin_write, hot};
+    use sea_orm::{ConnectionTrait, DbBackend};
+
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let id = Uuid::parse_str(&created.id).unwrap();
+    let stale = pb::Conversation {
+        subject: Some("stale".into()),
+        etag: "\"not-the-etag\"".into(),
+        ..with_id(&created.id)
+    };
+    assert_code(
+        app.update(&app.a.token, stale, Some(&["subject"])).await,
+        Code::Aborted,
+        "ETAG_MISMATCH",
+    );
+    let same = pb::Conversation {
+        subject: created.subject.clone(),
+        ..with_id(&created.id)
+    };
+    app.update(&app.a.token, same, Some(&["subject"]))
+        .await
+        .unwrap();
+
+    // Another connection locks the row, waiting at most 5 s (the rollbacks
+    // above land within milliseconds; a transaction left open would hold
+    // the lock until its connection's next use, which never comes here).
+    let txn = begin_write(&app.db).await.unwrap();
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("SET LOCAL lock_timeout = '5s'")
+            .await
+            .unwrap();
+    }
+    let locked = hot::by_id_for_update(&txn, app.a.id, id).await;
+    assert!(
+        matches!(locked, Ok(Some(_))),
+        "the row is still locked: {locked:?}"
+    );
+}
