@@ -149,21 +149,39 @@ pub async fn newest(db: &Db, workspace_id: Uuid, limit: u32) -> Result<Vec<Model
     )
 }
 
+/// Runs a statement SeaORM built on a direct connection of `$pool`, bound as
+/// SeaORM binds it, and returns its rows decoded with `model`.
+macro_rules! fetch_models {
+    ($pool:expr, $statement:expr) => {{
+        let statement: Statement = $statement;
+        let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+        let mut conn = $pool.get().await?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), values)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err)?;
+        conn.settle();
+        rows.iter()
+            .map(model)
+            .collect::<Result<Vec<Model>, DbErr>>()
+    }};
+}
+
+/// Runs `statement`, a SELECT of `Entity::find()`'s columns (any filter,
+/// order and limit), on a direct connection.
+pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> {
+    match &db.direct {
+        Direct::Postgres(pool) => fetch_models!(pool, statement),
+        Direct::Sqlite(pool) => fetch_models!(pool, statement),
+    }
+}
+
 /// Runs `statement`, a write that reads nothing first and returns a
 /// conversation's columns in `Entity::find()`'s order, in autocommit: on
 /// PostgreSQL on a direct connection, on SQLite on the writer (see `Db`).
 pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
-        Direct::Postgres(pool) => {
-            let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
-            let mut conn = pool.get().await?;
-            let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), values)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(query_err)?;
-            conn.settle();
-            rows.first().map(model).transpose()
-        }
+        Direct::Postgres(pool) => Ok(fetch_models!(pool, statement)?.into_iter().next()),
         Direct::Sqlite(_) => returning_in(&db.writer, statement).await,
     }
 }

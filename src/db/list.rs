@@ -5,7 +5,7 @@
 //! inserted or updated meanwhile never shift the pages.
 
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
@@ -68,12 +68,11 @@ pub async fn list(
                 row.gt(at)
             });
         }
-        query
+        let query = query
             .order_by(sort, direction.clone())
             .order_by(Column::Id, direction)
-            .limit(u64::from(limit))
-            .all(&**db)
-            .await?
+            .limit(u64::from(limit));
+        super::hot::select(db, query.build(backend)).await?
     };
 
     let more = rows.len() > page_size as usize;
