@@ -80,28 +80,20 @@ static NEWEST: LazyLock<Sql> = LazyLock::new(|| {
 macro_rules! run {
     ($db:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {
         match &$db.direct {
-            Direct::Postgres(pool) => {
-                let mut conn = pool.get().await?;
-                let rows = sqlx::query($sql.postgres.as_str())
-                    $(.bind($arg))+
-                    .$fetch(&mut *conn)
-                    .await
-                    .map_err(query_err)?;
-                conn.settle();
-                $decode(rows)
-            }
-            Direct::Sqlite(pool) => {
-                let mut conn = pool.get().await?;
-                let rows = sqlx::query($sql.sqlite.as_str())
-                    $(.bind($arg))+
-                    .$fetch(&mut *conn)
-                    .await
-                    .map_err(query_err)?;
-                conn.settle();
-                $decode(rows)
-            }
+            Direct::Postgres(pool) => run!(@on pool, $sql.postgres, $fetch, $decode, $($arg),+),
+            Direct::Sqlite(pool) => run!(@on pool, $sql.sqlite, $fetch, $decode, $($arg),+),
         }
     };
+    (@on $pool:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {{
+        let mut conn = $pool.get().await?;
+        let rows = sqlx::query($sql.as_str())
+            $(.bind($arg))+
+            .$fetch(&mut *conn)
+            .await
+            .map_err(query_err)?;
+        conn.settle();
+        $decode(rows)
+    }};
 }
 
 /// The conversation `id` of the workspace, if any.
