@@ -23,7 +23,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
 
-    /// Most connections in the database pool.
+    /// Most connections in each database pool (SeaORM's, and the direct
+    /// connections of the hot calls).
     #[arg(
         long,
         env = "DATABASE_MAX_CONNECTIONS",
