@@ -9,9 +9,10 @@
 //!
 //! - a connection goes back into use only if its last statement ran to its
 //!   end without error ([`Lease::settle`]); one whose call was cancelled or
-//!   failed midway is closed, never reused in an unknown state;
-//! - one idle for longer than [`PING_IF_IDLE_FOR`] is pinged before it is
-//!   handed out, as the main pool does (see `db::options`);
+//!   failed midway is closed as its lease drops, never reused in an unknown
+//!   state, and never left holding a transaction's locks;
+//! - one not handed out for longer than [`PING_IF_IDLE_FOR`] is pinged
+//!   before it is, as the main pool does (see `db::options`);
 //! - one older than [`MAX_LIFETIME`] is replaced, as sqlx's default does.
 //!
 //! An update's transaction runs on one too ([`DirectTransaction`]), so its
@@ -42,6 +43,7 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// A pool of connections of type `C` (`PgConnection`, `SqliteConnection`).
 pub struct DirectPool<C: sqlx::Connection> {
     pool: managed::Pool<Opener<C>>,
+    acquire_timeout: Duration,
 }
 
 impl<C: sqlx::Connection> std::fmt::Debug for DirectPool<C> {
@@ -56,6 +58,7 @@ impl<C: sqlx::Connection> Clone for DirectPool<C> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            acquire_timeout: self.acquire_timeout,
         }
     }
 }
@@ -107,8 +110,8 @@ impl<C: sqlx::Connection> managed::Manager for Opener<C> {
 
 impl<C: sqlx::Connection> DirectPool<C> {
     /// At most `max_size` connections, opened on demand with `options`. A
-    /// caller waits at most `acquire_timeout` for one, and so does opening
-    /// one.
+    /// caller waits at most `acquire_timeout` for one, all told: for a free
+    /// slot, opening a connection, and checking idle ones.
     pub fn new(options: C::Options, max_size: u32, acquire_timeout: Duration) -> Self {
         let pool = managed::Pool::builder(Opener { options })
             .max_size(usize::try_from(max_size).unwrap_or(usize::MAX))
@@ -119,15 +122,23 @@ impl<C: sqlx::Connection> DirectPool<C> {
             .build()
             // Only a timeout without a runtime fails to build.
             .expect("a runtime is set");
-        Self { pool }
+        Self {
+            pool,
+            acquire_timeout,
+        }
     }
 
     /// A connection, for one use: call [`Lease::settle`] once it succeeded,
-    /// or it is closed instead of reused.
+    /// or it is closed when the lease drops instead of reused.
     pub async fn get(&self) -> Result<Lease<C>, DbErr> {
-        let mut conn = self.pool.get().await.map_err(acquire_err)?;
+        // deadpool times each step on its own, and tries the next idle
+        // connection after one whose check timed out: one deadline for all.
+        let mut conn = tokio::time::timeout(self.acquire_timeout, self.pool.get())
+            .await
+            .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?
+            .map_err(acquire_err)?;
         conn.settled = false;
-        Ok(Lease(conn))
+        Ok(Lease(Some(conn)))
     }
 
     /// Connections open, connections idle, and the most there may be.
@@ -148,13 +159,32 @@ impl<C: sqlx::Connection> DirectPool<C> {
     }
 }
 
-/// A leased connection; see [`DirectPool::get`].
-pub struct Lease<C: sqlx::Connection>(Object<Opener<C>>);
+/// A leased connection; see [`DirectPool::get`]. Dropped unsettled, it
+/// leaves the pool and closes at once: a statement cut off midway (a
+/// cancelled call) or a failed one may have left the connection busy, or in
+/// a transaction that holds row locks, which the server ends when the
+/// connection closes.
+pub struct Lease<C: sqlx::Connection>(Option<Object<Opener<C>>>);
 
 impl<C: sqlx::Connection> Lease<C> {
     /// Marks the connection fit for reuse: its statement ran to its end.
     pub fn settle(&mut self) {
-        self.0.settled = true;
+        self.state().settled = true;
+    }
+
+    fn state(&mut self) -> &mut Conn<C> {
+        self.0.as_mut().expect("leased until dropped")
+    }
+}
+
+impl<C: sqlx::Connection> Drop for Lease<C> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take()
+            && !conn.settled
+        {
+            // Out of the pool (which may open another), and closed.
+            drop(Object::take(conn));
+        }
     }
 }
 
@@ -162,13 +192,13 @@ impl<C: sqlx::Connection> Deref for Lease<C> {
     type Target = C;
 
     fn deref(&self) -> &C {
-        &self.0.raw
+        &self.0.as_ref().expect("leased until dropped").raw
     }
 }
 
 impl<C: sqlx::Connection> DerefMut for Lease<C> {
     fn deref_mut(&mut self) -> &mut C {
-        &mut self.0.raw
+        &mut self.state().raw
     }
 }
 
@@ -190,7 +220,7 @@ impl DirectTransaction {
     pub async fn begin(pool: &DirectPool<PgConnection>) -> Result<Self, DbErr> {
         let mut conn = pool.get().await?;
         conn.execute("BEGIN").await.map_err(exec_err)?;
-        conn.0.in_transaction = true;
+        conn.state().in_transaction = true;
         conn.settle();
         Ok(Self {
             conn: Mutex::new(Some(conn)),
@@ -199,9 +229,9 @@ impl DirectTransaction {
 
     pub async fn commit(mut self) -> Result<(), DbErr> {
         let mut conn = self.conn.get_mut().take().expect("open until committed");
-        conn.0.settled = false;
+        conn.state().settled = false;
         conn.execute("COMMIT").await.map_err(exec_err)?;
-        conn.0.in_transaction = false;
+        conn.state().in_transaction = false;
         conn.settle();
         Ok(())
     }
@@ -212,17 +242,17 @@ impl Drop for DirectTransaction {
         let Some(mut conn) = self.conn.get_mut().take() else {
             return;
         };
-        if !conn.0.settled {
+        if !conn.state().settled {
             // Closed when dropped, and the server rolls back.
             return;
         }
-        conn.0.settled = false;
+        conn.state().settled = false;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
             if conn.execute("ROLLBACK").await.is_ok() {
-                conn.0.in_transaction = false;
+                conn.state().in_transaction = false;
                 conn.settle();
             }
         });
@@ -239,7 +269,7 @@ macro_rules! run {
         let query = sqlx::query_with(AssertSqlSafe(statement.sql), values);
         let mut guard = $txn.conn.lock().await;
         let conn = guard.as_mut().expect("open until committed");
-        conn.0.settled = false;
+        conn.state().settled = false;
         let result = query.$method(&mut **conn).await.map_err($err)?;
         conn.settle();
         result
@@ -259,7 +289,7 @@ impl ConnectionTrait for DirectTransaction {
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         let mut guard = self.conn.lock().await;
         let conn = guard.as_mut().expect("open until committed");
-        conn.0.settled = false;
+        conn.state().settled = false;
         let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
             .execute(&mut **conn)
             .await
@@ -340,9 +370,11 @@ mod tests {
         assert!(has_marker(&pool).await, "a settled connection is reused");
 
         // A lease dropped before it settled: its statement may have been cut
-        // off (a cancelled call, an error), so the connection is not reused.
+        // off (a cancelled call, an error), so the connection is closed at
+        // once, not left in the pool.
         let conn = pool.get().await.unwrap();
         drop(conn);
+        assert_eq!(pool.stats(), (0, 0, 1), "closed as its lease dropped");
         assert!(
             !has_marker(&pool).await,
             "an unsettled connection is closed"

@@ -1,11 +1,14 @@
-//! The statements of the hot read paths, without building a query per call.
+//! The statements of the hot paths: Get, List and a plain Create run on
+//! direct connections (`db::direct`), without sqlx's ping after each use.
 //!
-//! Their SQL text is built once per backend with sea-query (the very text
-//! SeaORM would send), and runs through sqlx, which prepares it once per
-//! connection and caches the prepared statement. Rows are decoded by column
-//! position into the entity model, skipping SeaORM's generic per-column
-//! lookup by name. The statements select `Entity::find()`'s columns, which
-//! are the model's fields in order.
+//! Get's and the first page's SQL text is built once per backend with
+//! sea-query (the very text SeaORM would send); other pages and the INSERT
+//! are built by SeaORM per call and bound as SeaORM binds them. Either way
+//! sqlx prepares a text once per connection and caches the prepared
+//! statement. Rows are decoded by column position into the entity model,
+//! skipping SeaORM's generic per-column lookup by name. The statements
+//! select (or return) `Entity::find()`'s columns, which are the model's
+//! fields in order.
 
 use std::sync::LazyLock;
 
@@ -110,7 +113,7 @@ pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model
 }
 
 /// The conversation `id` of the workspace, locked for the rest of the write
-/// transaction `txn`. It runs in SeaORM's transaction, so only the query
+/// transaction `txn` (a direct one, or SeaORM's), so only the query
 /// building is saved; the row decodes as SeaORM's own queries do.
 pub async fn by_id_for_update(
     txn: &impl ConnectionTrait,

@@ -39,8 +39,8 @@ pub struct DbSettings {
     pub sqlite_busy_timeout: Duration,
 }
 
-/// The database: a pool for reads and single statements, and the connection
-/// write transactions run on.
+/// The database: SeaORM's pool, the connection write transactions run on,
+/// and the direct connections of the hot statements.
 ///
 /// SQLite allows one writer at a time. Writers that each took `BEGIN
 /// IMMEDIATE` on their own connection would wait in SQLite's busy handler,
@@ -61,7 +61,7 @@ pub struct Db {
     direct: Direct,
 }
 
-/// The connections of the hot reads, of the pool's backend.
+/// The direct connections of the hot statements, of the pool's backend.
 #[derive(Debug, Clone)]
 pub(crate) enum Direct {
     Postgres(DirectPool<PgConnection>),
@@ -287,7 +287,7 @@ pub struct PoolStats {
 }
 
 impl Db {
-    /// The read pool, the hot reads' connections and, on SQLite, the writer
+    /// The read pool, the direct connections and, on SQLite, the writer
     /// connection, together: a call waiting for any is waiting for a
     /// connection.
     pub fn pool_stats(&self) -> PoolStats {

@@ -967,3 +967,66 @@ async fn an_update_that_gives_up_releases_the_row_at_once() {
         "the row is still locked: {locked:?}"
     );
 }
+
+/// An update cut off by its deadline while it waits for the row lock leaves
+/// no lock behind: its connection is closed, not returned to the pool with
+/// a statement that goes on to take the lock and then sits in an open
+/// transaction.
+#[tokio::test]
+async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
+    use conversation_service::db::{begin_write, hot};
+    use sea_orm::{ConnectionTrait, DbBackend};
+
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let id = Uuid::parse_str(&created.id).unwrap();
+    let blocker = begin_write(&app.db).await.unwrap();
+    hot::by_id_for_update(&blocker, app.a.id, id)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut client = app.client().await;
+    let mut request = authed(
+        &app.a.token,
+        pb::UpdateConversationRequest {
+            conversation: Some(pb::Conversation {
+                subject: Some("cut off".into()),
+                ..with_id(&created.id)
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["subject".into()],
+            }),
+        },
+    );
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let status = client.update_conversation(request).await.unwrap_err();
+    // The client's timer and the server's deadline are the same 300 ms; the
+    // client may give up first (CANCELLED). Leave the server time to drop
+    // the call before the lock is released.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    blocker.rollback().await.unwrap();
+
+    // Another connection locks the row, waiting at most 5 s.
+    let txn = begin_write(&app.db).await.unwrap();
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("SET LOCAL lock_timeout = '5s'")
+            .await
+            .unwrap();
+    }
+    let locked = hot::by_id_for_update(&txn, app.a.id, id).await;
+    assert!(
+        matches!(locked, Ok(Some(_))),
+        "the row is still locked: {locked:?}"
+    );
+    txn.rollback().await.unwrap();
+    assert_eq!(
+        app.get(&app.a.token, &created.id).await.unwrap().subject,
+        created.subject,
+        "the cut-off update wrote nothing"
+    );
+}
