@@ -117,10 +117,16 @@ async fn idempotent_creates_survive_cancellation_a_restart_and_two_replicas() {
                         // UNAVAILABLE, or the connection went away under the
                         // call (a replica restarting): the client cannot know
                         // whether the create happened, so it retries the key.
+                        // A stream the restarting replica's GOAWAY cut off
+                        // reaches tonic's client as INTERNAL "h2 protocol
+                        // error" (h2's NO_ERROR reason); the service itself
+                        // never answers with that message.
                         Err(status)
                             if status.code() == Code::Unavailable
                                 || (status.code() == Code::Unknown
-                                    && status.message().contains("transport")) =>
+                                    && status.message().contains("transport"))
+                                || (status.code() == Code::Internal
+                                    && status.message().starts_with("h2 protocol error")) =>
                         {
                             retries.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(20)).await;
