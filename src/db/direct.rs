@@ -13,7 +13,8 @@
 //!   state, and never left holding a transaction's locks;
 //! - one not handed out for longer than [`PING_IF_IDLE_FOR`] is pinged
 //!   before it is, as the main pool does (see `db::options`);
-//! - one older than [`MAX_LIFETIME`] is replaced, as sqlx's default does.
+//! - one older than [`MAX_LIFETIME`] is replaced, and one unused for
+//!   [`IDLE_TIMEOUT`] closed, as sqlx's defaults do.
 //!
 //! An update's transaction runs on one too ([`DirectTransaction`]), so its
 //! COMMIT is not followed by a ping either.
@@ -39,6 +40,10 @@ use super::PING_IF_IDLE_FOR;
 
 /// How long a connection serves before it is replaced.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// How long a connection may go unused before it is closed (sqlx's pool's
+/// default), so that a burst's connections do not stay open for good.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// A pool of connections of type `C` (`PgConnection`, `SqliteConnection`).
 pub struct DirectPool<C: sqlx::Connection> {
@@ -139,6 +144,30 @@ impl<C: sqlx::Connection> DirectPool<C> {
             .map_err(acquire_err)?;
         conn.settled = false;
         Ok(Lease(Some(conn)))
+    }
+
+    /// Every `every`, closes the idle connections not handed out for
+    /// `idle_for`, until the pool is closed or dropped.
+    pub fn reap_idle(&self, idle_for: Duration, every: Duration)
+    where
+        C: 'static,
+    {
+        let pool = self.pool.weak();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade().filter(|pool| !pool.is_closed()) else {
+                    return;
+                };
+                let idle = pool.retain(|_, metrics| metrics.last_used() < idle_for);
+                drop(pool);
+                for conn in idle.removed {
+                    let _ = conn.raw.close().await;
+                }
+            }
+        });
     }
 
     /// Connections open, connections idle, and the most there may be.
@@ -379,6 +408,20 @@ mod tests {
             !has_marker(&pool).await,
             "an unsettled connection is closed"
         );
+        assert_eq!(pool.stats(), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn connections_unused_for_the_idle_timeout_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = one_connection(&dir);
+        pool.reap_idle(Duration::from_millis(50), Duration::from_millis(10));
+        assert!(!has_marker(&pool).await);
+        assert_eq!(pool.stats(), (1, 1, 1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pool.stats(), (0, 0, 1), "the idle connection was closed");
+        // The pool opens a new one when next asked.
+        assert!(!has_marker(&pool).await);
         assert_eq!(pool.stats(), (1, 1, 1));
     }
 

@@ -18,7 +18,7 @@ use sea_orm::{
     DbErr, ExecResult, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
     TransactionTrait,
     sqlx::{
-        PgConnection, SqliteConnection,
+        self, PgConnection, SqliteConnection,
         sqlite::{SqliteJournalMode, SqliteSynchronous},
     },
 };
@@ -69,25 +69,29 @@ pub(crate) enum Direct {
 }
 
 impl Direct {
-    /// As many connections as the read pool may open, with its options.
+    /// As many connections as the read pool may open, with its options;
+    /// those unused for `direct::IDLE_TIMEOUT` are closed, checked each minute.
     fn of(pool: &DatabaseConnection, settings: &DbSettings) -> Result<Self, DbErr> {
-        let (max, timeout) = (settings.max_connections, settings.acquire_timeout);
+        fn open<C: sqlx::Connection + 'static>(
+            options: &C::Options,
+            settings: &DbSettings,
+        ) -> DirectPool<C> {
+            let pool = DirectPool::new(
+                options.clone(),
+                settings.max_connections,
+                settings.acquire_timeout,
+            );
+            pool.reap_idle(direct::IDLE_TIMEOUT, Duration::from_secs(60));
+            pool
+        }
         match pool.get_database_backend() {
             DbBackend::Postgres => {
                 let options = pool.get_postgres_connection_pool().connect_options();
-                Ok(Self::Postgres(DirectPool::new(
-                    (*options).clone(),
-                    max,
-                    timeout,
-                )))
+                Ok(Self::Postgres(open::<PgConnection>(&options, settings)))
             }
             DbBackend::Sqlite => {
                 let options = pool.get_sqlite_connection_pool().connect_options();
-                Ok(Self::Sqlite(DirectPool::new(
-                    (*options).clone(),
-                    max,
-                    timeout,
-                )))
+                Ok(Self::Sqlite(open::<SqliteConnection>(&options, settings)))
             }
             backend => Err(DbErr::BackendNotSupported {
                 db: backend.as_str(),

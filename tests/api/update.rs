@@ -928,9 +928,6 @@ async fn no_mask_accepts_immutable_fields_equal_to_the_stored_ones() {
 /// its transaction is rolled back, not left open on an idle connection.
 #[tokio::test]
 async fn an_update_that_gives_up_releases_the_row_at_once() {
-    use conversation_service::db::{begin_write, hot};
-    use sea_orm::{ConnectionTrait, DbBackend};
-
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
     let id = Uuid::parse_str(&created.id).unwrap();
@@ -952,9 +949,17 @@ async fn an_update_that_gives_up_releases_the_row_at_once() {
         .await
         .unwrap();
 
-    // Another connection locks the row, waiting at most 5 s (the rollbacks
-    // above land within milliseconds; a transaction left open would hold
-    // the lock until its connection's next use, which never comes here).
+    // The rollbacks above land within milliseconds; a transaction left
+    // open would hold the lock until its connection's next use, which never
+    // comes here.
+    assert_row_lockable(&app, id).await;
+}
+
+/// Another connection can lock the row `id`, waiting at most 5 s for it.
+async fn assert_row_lockable(app: &TestApp, id: Uuid) {
+    use conversation_service::db::{begin_write, hot};
+    use sea_orm::{ConnectionTrait, DbBackend};
+
     let txn = begin_write(&app.db).await.unwrap();
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_unprepared("SET LOCAL lock_timeout = '5s'")
@@ -966,6 +971,7 @@ async fn an_update_that_gives_up_releases_the_row_at_once() {
         matches!(locked, Ok(Some(_))),
         "the row is still locked: {locked:?}"
     );
+    txn.rollback().await.unwrap();
 }
 
 /// An update cut off by its deadline while it waits for the row lock leaves
@@ -975,7 +981,6 @@ async fn an_update_that_gives_up_releases_the_row_at_once() {
 #[tokio::test]
 async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
     use conversation_service::db::{begin_write, hot};
-    use sea_orm::{ConnectionTrait, DbBackend};
 
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
@@ -1011,19 +1016,7 @@ async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     blocker.rollback().await.unwrap();
 
-    // Another connection locks the row, waiting at most 5 s.
-    let txn = begin_write(&app.db).await.unwrap();
-    if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_unprepared("SET LOCAL lock_timeout = '5s'")
-            .await
-            .unwrap();
-    }
-    let locked = hot::by_id_for_update(&txn, app.a.id, id).await;
-    assert!(
-        matches!(locked, Ok(Some(_))),
-        "the row is still locked: {locked:?}"
-    );
-    txn.rollback().await.unwrap();
+    assert_row_lockable(&app, id).await;
     assert_eq!(
         app.get(&app.a.token, &created.id).await.unwrap().subject,
         created.subject,
