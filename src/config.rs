@@ -79,6 +79,7 @@ impl Config {
             max_connections: self.database_max_connections,
             acquire_timeout: self.database_timeout,
             sqlite_busy_timeout: self.database_busy_timeout,
+            lock_timeout: None,
         }
     }
 }

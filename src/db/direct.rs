@@ -26,7 +26,7 @@ use std::{
 
 use deadpool::{
     Runtime,
-    managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult},
+    managed::{self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult},
 };
 use sea_orm::{
     ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
@@ -35,6 +35,7 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use super::PING_IF_IDLE_FOR;
 
@@ -123,6 +124,9 @@ impl<C: sqlx::Connection> DirectPool<C> {
             .wait_timeout(Some(acquire_timeout))
             .create_timeout(Some(acquire_timeout))
             .recycle_timeout(Some(acquire_timeout))
+            // The connection used last goes out first: the busy ones stay
+            // warm (not pinged), and the rest go idle and are closed.
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .build()
             // Only a timeout without a runtime fails to build.
@@ -191,8 +195,11 @@ impl<C: sqlx::Connection> DirectPool<C> {
 /// A leased connection; see [`DirectPool::get`]. Dropped unsettled, it
 /// leaves the pool and closes at once: a statement cut off midway (a
 /// cancelled call) or a failed one may have left the connection busy, or in
-/// a transaction that holds row locks, which the server ends when the
-/// connection closes.
+/// a transaction that holds row locks. The server ends that transaction when
+/// it next reads from the connection: at once if it was idle, and for a
+/// statement still waiting for a row lock, when the lock comes or its
+/// `lock_timeout` passes (`serve` sets it to the request timeout; see
+/// `DbSettings::lock_timeout`).
 pub struct Lease<C: sqlx::Connection>(Option<Object<Opener<C>>>);
 
 impl<C: sqlx::Connection> Lease<C> {
@@ -243,6 +250,9 @@ impl<C: sqlx::Connection> DerefMut for Lease<C> {
 pub struct DirectTransaction {
     /// `None` once committed or handed to the rollback.
     conn: Mutex<Option<Lease<PgConnection>>>,
+    /// How long the rollback of a dropped transaction may take before its
+    /// connection is closed instead.
+    rollback_timeout: Duration,
 }
 
 impl DirectTransaction {
@@ -253,6 +263,7 @@ impl DirectTransaction {
         conn.settle();
         Ok(Self {
             conn: Mutex::new(Some(conn)),
+            rollback_timeout: pool.acquire_timeout,
         })
     }
 
@@ -279,12 +290,19 @@ impl Drop for DirectTransaction {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
-            if conn.execute("ROLLBACK").await.is_ok() {
-                conn.state().in_transaction = false;
-                conn.settle();
+        let timeout = self.rollback_timeout;
+        let rollback = async move {
+            match tokio::time::timeout(timeout, conn.execute("ROLLBACK")).await {
+                Ok(Ok(_)) => {
+                    conn.state().in_transaction = false;
+                    conn.settle();
+                }
+                // The lease drops unsettled: the connection is closed.
+                Ok(Err(error)) => tracing::warn!(%error, "rollback failed; connection closed"),
+                Err(_) => tracing::warn!(?timeout, "rollback timed out; connection closed"),
             }
-        });
+        };
+        runtime.spawn(rollback.instrument(tracing::Span::current()));
     }
 }
 

@@ -37,6 +37,12 @@ pub struct DbSettings {
     /// SQLite only: how long a write waits for another process's write lock
     /// (the CLI while `serve` runs) before it fails with UNAVAILABLE.
     pub sqlite_busy_timeout: Duration,
+    /// PostgreSQL, direct connections: the longest a statement waits for a
+    /// row lock (`lock_timeout`). `serve` sets it to the request timeout, so
+    /// a call never sees it (its deadline comes first), but the server-side
+    /// statement of a call cut off while it waited gives up by then instead
+    /// of waiting on in the lock queue after its connection is closed.
+    pub lock_timeout: Option<Duration>,
 }
 
 /// The database: SeaORM's pool, the connection write transactions run on,
@@ -86,7 +92,11 @@ impl Direct {
         }
         match pool.get_database_backend() {
             DbBackend::Postgres => {
-                let options = pool.get_postgres_connection_pool().connect_options();
+                let mut options = (*pool.get_postgres_connection_pool().connect_options()).clone();
+                if let Some(timeout) = settings.lock_timeout {
+                    let millis = timeout.as_millis().max(1).to_string();
+                    options = options.options([("lock_timeout", millis)]);
+                }
                 Ok(Self::Postgres(open::<PgConnection>(&options, settings)))
             }
             DbBackend::Sqlite => {
@@ -343,6 +353,7 @@ mod tests {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(3),
             sqlite_busy_timeout: Duration::from_secs(3),
+            lock_timeout: None,
         };
         let options = options(&settings, 4);
         // Pinging every acquire would add a round trip to every call.

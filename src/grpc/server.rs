@@ -104,7 +104,11 @@ pub async fn serve(
         grpc: listener,
         metrics: metrics_listener,
     } = listeners.into();
-    let db = db::connect(database).await?;
+    let db = db::connect(&DbSettings {
+        lock_timeout: Some(settings.request_timeout),
+        ..database.clone()
+    })
+    .await?;
     let probe = db::connect_reads(&DbSettings {
         max_connections: 1,
         ..database.clone()

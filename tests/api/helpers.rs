@@ -110,6 +110,7 @@ pub fn db_settings(url: &str) -> DbSettings {
         max_connections: 8,
         acquire_timeout: Duration::from_secs(10),
         sqlite_busy_timeout: Duration::from_secs(30),
+        lock_timeout: None,
     }
 }
 

@@ -1023,3 +1023,76 @@ async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
         "the cut-off update wrote nothing"
     );
 }
+
+/// A call cut off by the request timeout while its statement waits for a
+/// row lock leaves no statement waiting in the database once the request
+/// timeout has passed, even while the lock is still held: closing the
+/// connection alone would not stop it (PostgreSQL notices a closed
+/// connection only when it next reads from it), so the direct connections
+/// carry `lock_timeout` = the request timeout.
+#[tokio::test]
+async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_timeout() {
+    use conversation_service::{
+        ServeSettings,
+        db::{begin_write, hot},
+    };
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = TestApp::spawn_with(ServeSettings {
+        request_timeout: std::time::Duration::from_millis(500),
+        ..settings()
+    })
+    .await;
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return; // SQLite has no row locks to wait for.
+    }
+    let created = app.create_email().await;
+    let id = Uuid::parse_str(&created.id).unwrap();
+    let blocker = begin_write(&app.db).await.unwrap();
+    hot::by_id_for_update(&blocker, app.a.id, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let waiting = async || {
+        let row = app
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    };
+
+    let update = {
+        let sent = pb::Conversation {
+            subject: Some("waits".into()),
+            ..with_id(&created.id)
+        };
+        app.update(&app.a.token, sent, Some(&["subject"]))
+    };
+    let watch = async {
+        // The update reached the lock wait...
+        let started = std::time::Instant::now();
+        while waiting().await == 0 {
+            assert!(started.elapsed().as_secs() < 5, "the update never waited");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let (result, ()) = tokio::join!(update, watch);
+    assert_code(result, Code::DeadlineExceeded, "REQUEST_TIMEOUT");
+
+    // ...and, the lock still held, its statement gives up within 5 s.
+    let cut_off = std::time::Instant::now();
+    while waiting().await > 0 {
+        assert!(
+            cut_off.elapsed().as_secs() < 5,
+            "a cut-off statement still waits for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    blocker.rollback().await.unwrap();
+}
