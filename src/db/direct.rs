@@ -198,7 +198,8 @@ impl<C: sqlx::Connection> DirectPool<C> {
 /// a transaction that holds row locks. The server ends that transaction when
 /// it next reads from the connection: at once if it was idle, and for a
 /// statement still waiting for a row lock, when the lock comes or its
-/// `lock_timeout` passes (`serve` sets it to the request timeout; see
+/// `lock_timeout` passes (`serve` sets it a second past the request
+/// timeout; see
 /// `DbSettings::lock_timeout`).
 pub struct Lease<C: sqlx::Connection>(Option<Object<Opener<C>>>);
 

@@ -38,10 +38,11 @@ pub struct DbSettings {
     /// (the CLI while `serve` runs) before it fails with UNAVAILABLE.
     pub sqlite_busy_timeout: Duration,
     /// PostgreSQL, direct connections: the longest a statement waits for a
-    /// row lock (`lock_timeout`). `serve` sets it to the request timeout, so
-    /// a call never sees it (its deadline comes first), but the server-side
-    /// statement of a call cut off while it waited gives up by then instead
-    /// of waiting on in the lock queue after its connection is closed.
+    /// row lock (`lock_timeout`). `serve` sets it a second past the request
+    /// timeout, so a call never sees it (its deadline comes first), but the
+    /// server-side statement of a call cut off while it waited gives up by
+    /// then instead of waiting on in the lock queue after its connection is
+    /// closed.
     pub lock_timeout: Option<Duration>,
 }
 

@@ -105,7 +105,9 @@ pub async fn serve(
         metrics: metrics_listener,
     } = listeners.into();
     let db = db::connect(&DbSettings {
-        lock_timeout: Some(settings.request_timeout),
+        // A second past the request timeout: the call's deadline always
+        // comes first (at the request timeout itself they race).
+        lock_timeout: Some(settings.request_timeout + Duration::from_secs(1)),
         ..database.clone()
     })
     .await?;

@@ -1025,11 +1025,11 @@ async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
 }
 
 /// A call cut off by the request timeout while its statement waits for a
-/// row lock leaves no statement waiting in the database once the request
-/// timeout has passed, even while the lock is still held: closing the
-/// connection alone would not stop it (PostgreSQL notices a closed
-/// connection only when it next reads from it), so the direct connections
-/// carry `lock_timeout` = the request timeout.
+/// row lock leaves no statement waiting in the database soon after, even
+/// while the lock is still held: closing the connection alone would not
+/// stop it (PostgreSQL notices a closed connection only when it next reads
+/// from it), so the direct connections carry a `lock_timeout` a second past
+/// the request timeout.
 #[tokio::test]
 async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_timeout() {
     use conversation_service::{
