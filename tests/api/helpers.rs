@@ -421,3 +421,18 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
     start.elapsed()
 }
+
+/// Holds the write lock of `id` (the whole database on SQLite) until dropped,
+/// so that an update of it waits: a call that is reliably in progress.
+pub async fn lock_row(app: &TestApp, id: &str) -> sea_orm::DatabaseTransaction {
+    use conversation_service::db::{begin_write, entity::conversation};
+    use sea_orm::{EntityTrait, QuerySelect};
+
+    let txn = begin_write(&app.db).await.unwrap();
+    conversation::Entity::find_by_id(Uuid::parse_str(id).unwrap())
+        .lock_exclusive()
+        .one(&txn)
+        .await
+        .unwrap();
+    txn
+}

@@ -3,13 +3,9 @@
 
 use std::time::Duration;
 
-use conversation_service::{
-    ServeSettings,
-    db::{begin_write, entity::conversation},
-    proto::v1 as pb,
-};
+use conversation_service::{ServeSettings, db::entity::conversation, proto::v1 as pb};
 use prost_types::Timestamp;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -310,18 +306,6 @@ async fn an_unknown_method_still_carries_an_error_info() {
     let status = grpc.unary(request, path, codec).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
     assert_eq!(reason(&status), "UNKNOWN_METHOD");
-}
-
-/// Holds the write lock of `id` (the whole database on SQLite) until dropped,
-/// so that an update of it waits: a call that is reliably in progress.
-async fn lock_row(app: &TestApp, id: &str) -> sea_orm::DatabaseTransaction {
-    let txn = begin_write(&app.db).await.unwrap();
-    conversation::Entity::find_by_id(Uuid::parse_str(id).unwrap())
-        .lock_exclusive()
-        .one(&txn)
-        .await
-        .unwrap();
-    txn
 }
 
 #[tokio::test]

@@ -980,16 +980,10 @@ async fn assert_row_lockable(app: &TestApp, id: Uuid) {
 /// transaction.
 #[tokio::test]
 async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
-    use conversation_service::db::{begin_write, hot};
-
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
     let id = Uuid::parse_str(&created.id).unwrap();
-    let blocker = begin_write(&app.db).await.unwrap();
-    hot::by_id_for_update(&blocker, app.a.id, id)
-        .await
-        .unwrap()
-        .unwrap();
+    let blocker = lock_row(&app, &created.id).await;
 
     let mut client = app.client().await;
     let mut request = authed(
@@ -1032,10 +1026,7 @@ async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
 /// the request timeout.
 #[tokio::test]
 async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_timeout() {
-    use conversation_service::{
-        ServeSettings,
-        db::{begin_write, hot},
-    };
+    use conversation_service::ServeSettings;
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let app = TestApp::spawn_with(ServeSettings {
@@ -1047,12 +1038,7 @@ async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_ti
         return; // SQLite has no row locks to wait for.
     }
     let created = app.create_email().await;
-    let id = Uuid::parse_str(&created.id).unwrap();
-    let blocker = begin_write(&app.db).await.unwrap();
-    hot::by_id_for_update(&blocker, app.a.id, id)
-        .await
-        .unwrap()
-        .unwrap();
+    let blocker = lock_row(&app, &created.id).await;
     let waiting = async || {
         let row = app
             .db
