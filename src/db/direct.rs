@@ -307,14 +307,24 @@ impl Drop for DirectTransaction {
     }
 }
 
-/// Runs a SeaORM statement on the transaction's connection, bound as SeaORM
-/// binds it, with `$method` (`execute`, `fetch_all`...). The connection is
-/// marked unsettled until the statement has succeeded.
+/// A statement SeaORM built, as a sqlx query bound the way SeaORM binds it
+/// (sea-query-sqlx, SeaORM's own binder).
+pub(super) fn bound<DB: sqlx::Database>(
+    statement: Statement,
+) -> sqlx::query::Query<'static, DB, SqlxValues>
+where
+    SqlxValues: sqlx::IntoArguments<DB>,
+{
+    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+    sqlx::query_with(AssertSqlSafe(statement.sql), values)
+}
+
+/// Runs `$query` on the transaction's connection with `$method` (`execute`,
+/// `fetch_all`...). The connection is marked unsettled until the statement
+/// has succeeded.
 macro_rules! run {
-    ($txn:expr, $statement:expr, $method:ident, $err:expr) => {{
-        let statement: Statement = $statement;
-        let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
-        let query = sqlx::query_with(AssertSqlSafe(statement.sql), values);
+    ($txn:expr, $query:expr, $method:ident, $err:expr) => {{
+        let query = $query;
         let mut guard = $txn.conn.lock().await;
         let conn = guard.as_mut().expect("open until committed");
         conn.state().settled = false;
@@ -331,27 +341,20 @@ impl ConnectionTrait for DirectTransaction {
     }
 
     async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
-        Ok(run!(self, statement, execute, exec_err).into())
+        Ok(run!(self, bound(statement), execute, exec_err).into())
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let mut guard = self.conn.lock().await;
-        let conn = guard.as_mut().expect("open until committed");
-        conn.state().settled = false;
-        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(&mut **conn)
-            .await
-            .map_err(exec_err)?;
-        conn.settle();
-        Ok(result.into())
+        let query = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));
+        Ok(run!(self, query, execute, exec_err).into())
     }
 
     async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
-        Ok(run!(self, statement, fetch_optional, query_err).map(QueryResult::from))
+        Ok(run!(self, bound(statement), fetch_optional, query_err).map(QueryResult::from))
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let rows = run!(self, statement, fetch_all, query_err);
+        let rows = run!(self, bound(statement), fetch_all, query_err);
         Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 }

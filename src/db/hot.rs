@@ -15,13 +15,15 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement, Values, sqlx,
+    QueryOrder, QuerySelect, QueryTrait, Statement, sqlx,
 };
-use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use super::entity::conversation::{Column, Entity, Model};
-use super::{Db, Direct, direct::query_err};
+use super::{
+    Db, Direct,
+    direct::{bound, query_err},
+};
 
 /// One statement's SQL text for each backend.
 struct Sql {
@@ -148,13 +150,9 @@ pub async fn newest(db: &Db, workspace_id: Uuid, limit: u32) -> Result<Vec<Model
 /// SeaORM binds it, and returns its rows decoded with `model`.
 macro_rules! fetch_models {
     ($pool:expr, $statement:expr) => {{
-        let statement: Statement = $statement;
-        let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+        let query = bound($statement);
         let mut conn = $pool.get().await?;
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), values)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(query_err)?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(query_err)?;
         conn.settle();
         rows.iter()
             .map(model)
