@@ -2,9 +2,9 @@
 """The plain SQLite client of `make bench`: python3's sqlite3 module running
 the statements the service sent (captured from its log with
 LOG_FILTER=sqlx::query=trace), one call at a time on one connection, in WAL
-mode with the service's pragmas. A write of several statements runs in
-BEGIN IMMEDIATE ... COMMIT and a lone write statement in autocommit, as the
-service runs them (sqlx does not log transaction control).
+mode with the service's pragmas. A write (Create, Update) runs in BEGIN
+IMMEDIATE ... COMMIT, as the service runs it (sqlx does not log transaction
+control on SQLite).
 
 Usage: bench_sqlite.py seed DB ROWS
        bench_sqlite.py run DB OP CAPTURED_LOG SECONDS WORKSPACE CUSTOMER
@@ -93,7 +93,7 @@ def run(path, op, log_path, seconds, workspace, customer):
     template = dict(db.execute("SELECT * FROM conversations LIMIT 1").fetchone())
     ws, cust = uuid.UUID(workspace).bytes, uuid.UUID(customer).bytes
     rows = db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
-    transaction = op in ("create", "update") and len(calls) > 1
+    transaction = op in ("create", "update")
     n, deadline = 0, time.monotonic() + seconds
     started = time.monotonic()
     while time.monotonic() < deadline:

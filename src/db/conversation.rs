@@ -8,15 +8,15 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
-    ColumnTrait, ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, EntityTrait, Iterable,
-    ModelTrait, QueryFilter, Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, Iterable, ModelTrait, QueryFilter,
+    Statement,
     sea_query::{Expr, Query},
 };
 use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
 use super::entity::customer;
-use super::{Db, begin_direct_write, begin_write, directory, error::is_unique_violation};
+use super::{Db, begin_direct_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
     Priority, Status,
@@ -42,24 +42,14 @@ pub async fn create(
 ) -> Result<Conversation, Error> {
     // The key and the digest a retry must match; computed only when asked for.
     let key = request_id.map(|id| (id, new.fingerprint()));
-    // Reads before the INSERT (a retried request_id, the agent or assignee
-    // named) share a transaction with it. Without them the INSERT is the
-    // whole write, and runs alone, in autocommit.
-    let reads_first =
-        key.is_some() || new.origin_agent_id.is_some() || new.fields.assignee_id.is_some();
-    let txn = if reads_first {
-        Some(begin_write(db).await?)
-    } else {
-        None
-    };
-    // Without a transaction, the only read is a refused create's customer
-    // lookup, from the read pool.
-    let reader = match &txn {
-        Some(txn) => DatabaseExecutor::Transaction(txn),
-        None => DatabaseExecutor::Connection(db),
-    };
+    // Even a lone INSERT runs in a transaction: it commits only when the
+    // call, still running, sends COMMIT. Run alone, in autocommit, an INSERT
+    // that waits for a lock (one another process holds) would go on in the
+    // database after its call was cut off, and commit after the caller was
+    // told DEADLINE_EXCEEDED. Any reads share the transaction.
+    let txn = begin_direct_write(db).await?;
     if let Some((request_id, fingerprint)) = &key
-        && let Some(existing) = find_by_request_id(&reader, workspace_id, *request_id).await?
+        && let Some(existing) = find_by_request_id(&txn, workspace_id, *request_id).await?
     {
         return replay(existing, fingerprint);
     }
@@ -67,11 +57,11 @@ pub async fn create(
     let references = CreateReferences {
         customer_in_workspace: true,
         origin_agent: match new.origin_agent_id {
-            Some(id) => Some(directory::entry(&reader, workspace_id, id).await?),
+            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
             None => None,
         },
         assignee: match new.fields.assignee_id {
-            Some(id) => Some(directory::entry(&reader, workspace_id, id).await?),
+            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
             None => None,
         },
     };
@@ -89,7 +79,7 @@ pub async fn create(
     let conversation = match plan(true) {
         Ok(conversation) => conversation,
         Err(_) => {
-            plan(directory::customer_in_workspace(&reader, workspace_id, new.customer_id).await?)?
+            plan(directory::customer_in_workspace(&txn, workspace_id, new.customer_id).await?)?
         }
     };
     let mut row = to_model(&conversation);
@@ -97,15 +87,9 @@ pub async fn create(
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
     let insert = insert_for_customer(db.get_database_backend(), row)?;
-    let inserted = match &txn {
-        Some(txn) => super::hot::returning_in(txn, insert).await,
-        None => super::hot::write_alone(db, insert).await,
-    };
-    match inserted {
+    match super::hot::returning_in(&txn, insert).await {
         Ok(Some(row)) => {
-            if let Some(txn) = txn {
-                txn.commit().await?;
-            }
+            txn.commit().await?;
             to_domain(row)
         }
         Ok(None) => Err(plan(false).err().map_or_else(

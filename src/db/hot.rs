@@ -169,25 +169,14 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
     }
 }
 
-/// Runs `statement`, a write that reads nothing first and returns a
-/// conversation's columns in `Entity::find()`'s order, in autocommit: on
-/// PostgreSQL on a direct connection, on SQLite on the writer (see `Db`).
-pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
-    match &db.direct {
-        Direct::Postgres(pool) => Ok(fetch_models!(pool, statement)?.into_iter().next()),
-        Direct::Sqlite(_) => returning_in(&db.writer, statement).await,
-    }
-}
-
 /// Runs `statement`, which returns a conversation's columns, on `conn`.
 pub async fn returning_in(
     conn: &impl ConnectionTrait,
     statement: Statement,
 ) -> Result<Option<Model>, DbErr> {
-    // All rows, not the first: in autocommit SQLite commits when the
-    // statement runs to its end, and only stepping it there reports a
-    // failed commit (sqlx drops the error of a statement reset after its
-    // first row).
+    // All rows, not the first: the statement is stepped to its end, so any
+    // error it meets is reported (sqlx drops the error of a statement reset
+    // after its first row).
     match conn.query_all_raw(statement).await?.first() {
         Some(row) => Model::from_query_result(row, "").map(Some),
         None => Ok(None),

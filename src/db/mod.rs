@@ -57,10 +57,11 @@ pub struct DbSettings {
 /// connection goes back to the queue only after a dropped transaction has
 /// rolled back. PostgreSQL locks rows, so there the writer is the same pool.
 ///
-/// It dereferences to the read pool; write transactions start with
-/// [`begin_write`], and a lone write statement runs with
-/// [`hot::write_alone`]. The hot statements (`db::hot`) run on connections of
-/// their own, which are not pinged after each use (see `db::direct`).
+/// It dereferences to the read pool. Write transactions start with
+/// [`begin_write`], or, for conversations, [`begin_direct_write`]. The hot
+/// statements (`db::hot`) and, on PostgreSQL, conversations' write
+/// transactions run on connections of their own, which are not pinged after
+/// each use (see `db::direct`).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: DatabaseConnection,

@@ -401,3 +401,39 @@ async fn a_call_past_the_request_timeout_is_deadline_exceeded_and_writes_nothing
         "the timed-out update rolled back"
     );
 }
+
+/// A plain create (a single INSERT) that waits for a lock past the request
+/// timeout writes nothing, even when the lock is released right after the
+/// call has answered: run alone, in autocommit, the INSERT would go on
+/// waiting in the database and commit after the caller was told it failed.
+#[tokio::test]
+async fn a_create_past_the_request_timeout_writes_nothing() {
+    use conversation_service::db::{begin_write, entity::customer};
+    use sea_orm::{ConnectionTrait, DbBackend, QuerySelect};
+
+    let settings = ServeSettings {
+        request_timeout: Duration::from_millis(500),
+        ..settings()
+    };
+    let app = TestApp::spawn_with(settings).await;
+    // SQLite: the write lock of the whole file. PostgreSQL: the customer's
+    // row, which the INSERT's foreign key check must share-lock.
+    let lock = begin_write(&app.db).await.unwrap();
+    if lock.get_database_backend() == DbBackend::Postgres {
+        customer::Entity::find_by_id(app.a.customer)
+            .lock_exclusive()
+            .one(&lock)
+            .await
+            .unwrap();
+    }
+    let before = conversation_count(&app).await;
+    let status = app.create(&app.a.token, email(&app.a)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    lock.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        conversation_count(&app).await,
+        before,
+        "the timed-out create wrote nothing"
+    );
+}
