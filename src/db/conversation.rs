@@ -22,6 +22,7 @@ use crate::domain::{
     Priority, Status,
     rules::{self, CreateReferences},
     time,
+    violation::Violations,
 };
 use crate::error::Error;
 
@@ -42,11 +43,35 @@ pub async fn create(
 ) -> Result<Conversation, Error> {
     // The key and the digest a retry must match; computed only when asked for.
     let key = request_id.map(|id| (id, new.fingerprint()));
+    // A create that names nothing to look up, and that the rules refuse
+    // anyway, is answered without a transaction: it writes nothing, and on
+    // SQLite it would otherwise wait for the writer only to be refused.
+    let looks_up =
+        key.is_some() || new.origin_agent_id.is_some() || new.fields.assignee_id.is_some();
+    if !looks_up {
+        let unread = CreateReferences {
+            customer_in_workspace: true,
+            origin_agent: None,
+            assignee: None,
+        };
+        let check = |references| {
+            rules::plan_create(&new, Uuid::nil(), workspace_id, references, time::now())
+        };
+        if check(unread).is_err() {
+            let customer_in_workspace =
+                directory::customer_in_workspace(&**db, workspace_id, new.customer_id).await?;
+            return Err(refusal(check(CreateReferences {
+                customer_in_workspace,
+                ..unread
+            })));
+        }
+    }
     // Even a lone INSERT runs in a transaction: it commits only when the
-    // call, still running, sends COMMIT. Run alone, in autocommit, an INSERT
-    // that waits for a lock (one another process holds) would go on in the
-    // database after its call was cut off, and commit after the caller was
-    // told DEADLINE_EXCEEDED. Any reads share the transaction.
+    // call, still running, sends COMMIT. Alone, in autocommit, an INSERT that
+    // waits for a lock (on SQLite another process's write; on PostgreSQL a
+    // lock on the customer's row) would go on in the database after its call
+    // was cut off, and commit after the caller was told DEADLINE_EXCEEDED.
+    // Any lookups share the transaction.
     let txn = begin_direct_write(db).await?;
     if let Some((request_id, fingerprint)) = &key
         && let Some(existing) = find_by_request_id(&txn, workspace_id, *request_id).await?
@@ -92,10 +117,7 @@ pub async fn create(
             txn.commit().await?;
             to_domain(row)
         }
-        Ok(None) => Err(plan(false).err().map_or_else(
-            || Error::Internal("a missing customer was not refused".into()),
-            Error::from,
-        )),
+        Ok(None) => Err(refusal(plan(false))),
         Err(err) => match &key {
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
@@ -109,6 +131,14 @@ pub async fn create(
             _ => Err(err.into()),
         },
     }
+}
+
+/// The error of a plan the rules were expected to refuse.
+fn refusal(plan: Result<Conversation, Violations>) -> Error {
+    plan.err().map_or_else(
+        || Error::Internal("a create expected to be refused was not".into()),
+        Error::from,
+    )
 }
 
 /// The statement that inserts `row` if its customer is in its workspace:

@@ -408,16 +408,61 @@ async fn a_call_past_the_request_timeout_is_deadline_exceeded_and_writes_nothing
 /// waiting in the database and commit after the caller was told it failed.
 #[tokio::test]
 async fn a_create_past_the_request_timeout_writes_nothing() {
-    use conversation_service::db::{begin_write, entity::customer};
-    use sea_orm::{ConnectionTrait, DbBackend, QuerySelect};
-
     let settings = ServeSettings {
         request_timeout: Duration::from_millis(500),
         ..settings()
     };
     let app = TestApp::spawn_with(settings).await;
-    // SQLite: the write lock of the whole file. PostgreSQL: the customer's
-    // row, which the INSERT's foreign key check must share-lock.
+    // The connections the create will use are open before the clock starts.
+    app.create_email().await;
+    let lock = lock_writes(&app).await;
+    let before = conversation_count(&app).await;
+    assert_code(
+        app.create(&app.a.token, email(&app.a)).await,
+        Code::DeadlineExceeded,
+        "REQUEST_TIMEOUT",
+    );
+    lock.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        conversation_count(&app).await,
+        before,
+        "the timed-out create wrote nothing"
+    );
+    // Nothing was left holding the writer or a broken connection.
+    app.create_email().await;
+    assert_eq!(conversation_count(&app).await, before + 1);
+}
+
+/// A create the rules refuse is answered at once, even while another
+/// process holds the write lock: it writes nothing, so it waits for no
+/// writer.
+#[tokio::test]
+async fn a_refused_create_does_not_wait_for_the_writer() {
+    let settings = ServeSettings {
+        request_timeout: Duration::from_secs(2),
+        ..settings()
+    };
+    let app = TestApp::spawn_with(settings).await;
+    let lock = lock_writes(&app).await;
+    let on_hold_without_time = pb::Conversation {
+        status: pb::Status::OnHold as i32,
+        ..email(&app.a)
+    };
+    assert_invalid(
+        app.create(&app.a.token, on_hold_without_time).await,
+        &["conversation.hold_until"],
+    );
+    lock.rollback().await.unwrap();
+}
+
+/// Holds what a create must wait for until the transaction ends: on SQLite
+/// the write lock of the whole file; on PostgreSQL the row of workspace A's
+/// customer, which the INSERT's foreign key check must share-lock.
+async fn lock_writes(app: &TestApp) -> sea_orm::DatabaseTransaction {
+    use conversation_service::db::{begin_write, entity::customer};
+    use sea_orm::{ConnectionTrait, DbBackend, QuerySelect};
+
     let lock = begin_write(&app.db).await.unwrap();
     if lock.get_database_backend() == DbBackend::Postgres {
         customer::Entity::find_by_id(app.a.customer)
@@ -426,14 +471,5 @@ async fn a_create_past_the_request_timeout_writes_nothing() {
             .await
             .unwrap();
     }
-    let before = conversation_count(&app).await;
-    let status = app.create(&app.a.token, email(&app.a)).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    lock.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        conversation_count(&app).await,
-        before,
-        "the timed-out create wrote nothing"
-    );
+    lock
 }
