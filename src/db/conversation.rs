@@ -9,7 +9,7 @@
 use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, Iterable, ModelTrait, QueryFilter,
-    Statement,
+    QueryTrait, Statement,
     sea_query::{Expr, Query},
 };
 use uuid::Uuid;
@@ -112,7 +112,7 @@ pub async fn create(
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
     let insert = insert_for_customer(db.get_database_backend(), row)?;
-    match super::hot::returning_in(&txn, insert).await {
+    match super::hot::one_in(&txn, insert).await {
         Ok(Some(row)) => {
             txn.commit().await?;
             to_domain(row)
@@ -218,13 +218,25 @@ pub async fn update(
     next.updated_at = now;
 
     let changes = changed_columns(&to_model(&current), to_model(&next));
-    let row = Entity::update(changes)
-        .validate()?
-        .filter(Column::WorkspaceId.eq(workspace_id))
-        .exec(&txn)
-        .await?;
+    let write = update_returning(db.get_database_backend(), &current, changes);
+    // The row is locked, so it is still there.
+    let row = super::hot::one_in(&txn, write)
+        .await?
+        .ok_or(Error::ConversationNotFound)?;
     txn.commit().await?;
     to_domain(row)
+}
+
+/// `UPDATE conversations SET <changes> WHERE id = ... AND workspace_id = ...
+/// RETURNING <Entity::find()'s columns, in order>`.
+fn update_returning(backend: DbBackend, current: &Conversation, changes: ActiveModel) -> Statement {
+    let mut update = Entity::update_many()
+        .set(changes)
+        .filter(Column::Id.eq(current.id))
+        .filter(Column::WorkspaceId.eq(current.workspace_id))
+        .into_query();
+    update.returning(Query::returning().columns(Column::iter()));
+    backend.build(&update)
 }
 
 /// An active model that sets exactly the columns whose values differ.

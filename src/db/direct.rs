@@ -31,7 +31,7 @@ use deadpool::{
 use sea_orm::{
     ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
     Statement, Values,
-    sqlx::{self, AssertSqlSafe, Executor, PgConnection},
+    sqlx::{self, AssertSqlSafe, Executor, PgConnection, postgres::PgRow},
 };
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
@@ -334,6 +334,14 @@ macro_rules! run {
     }};
 }
 
+impl DirectTransaction {
+    /// Runs `statement` and returns sqlx's rows, for a caller that decodes
+    /// them by position.
+    pub async fn fetch_all(&self, statement: Statement) -> Result<Vec<PgRow>, DbErr> {
+        Ok(run!(self, bound(statement), fetch_all, query_err))
+    }
+}
+
 #[async_trait::async_trait]
 impl ConnectionTrait for DirectTransaction {
     fn get_database_backend(&self) -> DbBackend {
@@ -354,7 +362,7 @@ impl ConnectionTrait for DirectTransaction {
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let rows = run!(self, bound(statement), fetch_all, query_err);
+        let rows = self.fetch_all(statement).await?;
         Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::entity::conversation::{Column, Entity, Model};
 use super::{
-    Db, Direct,
+    Db, Direct, WriteTransaction,
     direct::{bound, query_err},
 };
 
@@ -115,10 +115,9 @@ pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model
 }
 
 /// The conversation `id` of the workspace, locked for the rest of the write
-/// transaction `txn` (a direct one, or SeaORM's), so only the query
-/// building is saved; the row decodes as SeaORM's own queries do.
+/// transaction `txn`.
 pub async fn by_id_for_update(
-    txn: &impl ConnectionTrait,
+    txn: &WriteTransaction,
     workspace_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Model>, DbErr> {
@@ -128,10 +127,7 @@ pub async fn by_id_for_update(
         BY_ID_FOR_UPDATE.for_backend(backend),
         [id.into(), workspace_id.into(), 1_u64.into()],
     );
-    match txn.query_one_raw(statement).await? {
-        Some(row) => Model::from_query_result(&row, "").map(Some),
-        None => Ok(None),
-    }
+    one_in(txn, statement).await
 }
 
 /// The workspace's `limit` newest conversations.
@@ -169,18 +165,22 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
     }
 }
 
-/// Runs `statement`, which returns a conversation's columns, on `conn`.
-pub async fn returning_in(
-    conn: &impl ConnectionTrait,
-    statement: Statement,
-) -> Result<Option<Model>, DbErr> {
+/// Runs `statement`, which returns `Entity::find()`'s columns, in the write
+/// transaction `txn`, and returns its first row. On a direct connection the
+/// rows decode by position; on SQLite's writer, as SeaORM decodes them.
+pub async fn one_in(txn: &WriteTransaction, statement: Statement) -> Result<Option<Model>, DbErr> {
     // All rows, not the first: the statement is stepped to its end, so any
     // error it meets is reported (sqlx drops the error of a statement reset
     // after its first row).
-    match conn.query_all_raw(statement).await?.first() {
-        Some(row) => Model::from_query_result(row, "").map(Some),
-        None => Ok(None),
-    }
+    let row = match txn {
+        WriteTransaction::Direct(txn) => txn.fetch_all(statement).await?.first().map(model),
+        WriteTransaction::Writer(txn) => txn
+            .query_all_raw(statement)
+            .await?
+            .first()
+            .map(|row| Model::from_query_result(row, "")),
+    };
+    row.transpose()
 }
 
 /// Decodes a row of `Entity::find()`'s columns, by position.

@@ -56,7 +56,7 @@ async fn prebuilt_statements_decode_every_column_as_seaorm_does() {
         let found = hot::by_id(&app.db, app.a.id, id).await.unwrap();
         assert_eq!(found, Some(expected.clone()));
         assert_eq!(hot::by_id(&app.db, app.b.id, id).await.unwrap(), None);
-        let txn = db::begin_write(&app.db).await.unwrap();
+        let txn = db::begin_direct_write(&app.db).await.unwrap();
         let locked = hot::by_id_for_update(&txn, app.a.id, id).await.unwrap();
         assert_eq!(locked, Some(expected));
         assert_eq!(

@@ -957,8 +957,8 @@ async fn an_update_that_gives_up_releases_the_row_at_once() {
 
 /// Another connection can lock the row `id`, waiting at most 5 s for it.
 async fn assert_row_lockable(app: &TestApp, id: Uuid) {
-    use conversation_service::db::{begin_write, hot};
-    use sea_orm::{ConnectionTrait, DbBackend};
+    use conversation_service::db::{begin_write, entity::conversation};
+    use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QuerySelect};
 
     let txn = begin_write(&app.db).await.unwrap();
     if txn.get_database_backend() == DbBackend::Postgres {
@@ -966,7 +966,10 @@ async fn assert_row_lockable(app: &TestApp, id: Uuid) {
             .await
             .unwrap();
     }
-    let locked = hot::by_id_for_update(&txn, app.a.id, id).await;
+    let locked = conversation::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(&txn)
+        .await;
     assert!(
         matches!(locked, Ok(Some(_))),
         "the row is still locked: {locked:?}"
