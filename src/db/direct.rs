@@ -16,8 +16,8 @@
 //! - one older than [`MAX_LIFETIME`] is replaced, and one unused for
 //!   [`IDLE_TIMEOUT`] closed, as sqlx's defaults do.
 //!
-//! An update's transaction runs on one too ([`DirectTransaction`]), so its
-//! COMMIT is not followed by a ping either.
+//! On PostgreSQL, Create's and Update's transactions run on one too
+//! ([`DirectTransaction`]), so their COMMIT is not followed by a ping either.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -268,8 +268,17 @@ impl DirectTransaction {
         })
     }
 
+    /// Commits. After a statement that failed or was cut off it refuses
+    /// instead (and the connection is closed, which rolls back):
+    /// PostgreSQL answers COMMIT in a failed transaction with a rollback,
+    /// and no error.
     pub async fn commit(mut self) -> Result<(), DbErr> {
         let mut conn = self.conn.get_mut().take().expect("open until committed");
+        if !conn.state().settled {
+            return Err(DbErr::Custom(
+                "COMMIT refused: a statement of the transaction failed".into(),
+            ));
+        }
         conn.state().settled = false;
         conn.execute("COMMIT").await.map_err(exec_err)?;
         conn.state().in_transaction = false;

@@ -1,14 +1,17 @@
-//! The statements of the hot paths: Get, List and a plain Create run on
-//! direct connections (`db::direct`), without sqlx's ping after each use.
+//! The statements of the hot paths. Get and List run on direct connections
+//! (`db::direct`), without sqlx's ping after each use; the rows a write
+//! reads or returns (a create's INSERT, Update's locked read and UPDATE)
+//! come through [`one_in`], in a write transaction, which on PostgreSQL is
+//! on a direct connection too.
 //!
-//! Get's and the first page's SQL text is built once per backend with
-//! sea-query (the very text SeaORM would send); other pages and the INSERT
-//! are built by SeaORM per call and bound as SeaORM binds them. Either way
-//! sqlx prepares a text once per connection and caches the prepared
-//! statement. Rows are decoded by column position into the entity model,
-//! skipping SeaORM's generic per-column lookup by name. The statements
-//! select (or return) `Entity::find()`'s columns, which are the model's
-//! fields in order.
+//! Get's, the first page's and the locked read's SQL text is built once per
+//! backend with sea-query (the very text SeaORM would send); other pages and
+//! the writes are built by SeaORM per call and bound as SeaORM binds them.
+//! Either way sqlx prepares a text once per connection and caches the
+//! prepared statement. Rows from direct connections are decoded by column
+//! position into the entity model, skipping SeaORM's generic per-column
+//! lookup by name. The statements select (or return) `Entity::find()`'s
+//! columns, which are the model's fields in order.
 
 use std::sync::LazyLock;
 

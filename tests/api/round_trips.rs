@@ -5,8 +5,9 @@
 //!
 //! On PostgreSQL the driver logs the BEGIN and COMMIT of a transaction on a
 //! direct connection (`db::direct`), where the writes run, so each call's
-//! transaction statements are pinned exactly. SQLite's driver runs both in its worker without
-//! logging them, so there only the data statements are counted.
+//! transaction statements are pinned exactly. SQLite's driver runs both in
+//! its worker without logging them, so there only the data statements are
+//! counted.
 
 use std::{
     collections::HashMap,

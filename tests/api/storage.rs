@@ -80,3 +80,37 @@ async fn prebuilt_statements_decode_every_column_as_seaorm_does() {
         expected[..2]
     );
 }
+
+/// A write transaction whose statement failed does not report a COMMIT as
+/// done: PostgreSQL answers COMMIT in a failed transaction with a rollback
+/// and no error, so the direct transaction refuses it. (SQLite keeps a
+/// transaction going after a failed statement, so there COMMIT stands.)
+#[tokio::test]
+async fn a_commit_after_a_failed_statement_is_an_error() {
+    use sea_orm::{ConnectionTrait, DbBackend};
+
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let id = Uuid::parse_str(&created.id).unwrap();
+    let txn = db::begin_direct_write(&app.db).await.unwrap();
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    assert!(
+        hot::by_id_for_update(&txn, app.a.id, id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
+    assert!(txn.commit().await.is_err(), "the COMMIT was refused");
+    // The row lock went with the transaction.
+    let locked = db::begin_direct_write(&app.db).await.unwrap();
+    assert!(
+        hot::by_id_for_update(&locked, app.a.id, id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    locked.commit().await.unwrap();
+}
