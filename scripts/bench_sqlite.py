@@ -2,9 +2,9 @@
 """The plain SQLite client of `make bench`: python3's sqlite3 module running
 the statements the service sent (captured from its log with
 LOG_FILTER=sqlx::query=trace), one call at a time on one connection, in WAL
-mode with the service's pragmas. A write (Create, Update) runs in BEGIN
-IMMEDIATE ... COMMIT, as the service runs it (sqlx does not log transaction
-control on SQLite).
+mode with the service's pragmas. A call whose statements the service sent
+between BEGIN IMMEDIATE and COMMIT (Update) runs in such a transaction here
+too; one it sent alone (a plain Create's INSERT) runs in autocommit.
 
 Usage: bench_sqlite.py seed DB ROWS
        bench_sqlite.py run DB OP CAPTURED_LOG SECONDS WORKSPACE CUSTOMER
@@ -47,16 +47,21 @@ def seed(path, rows):
 
 
 def statements(log_path):
-    """The captured statements of one call, background work left out."""
-    out = []
+    """The captured statements of one call, background work left out, and
+    whether the service ran them in a transaction."""
+    out, transaction = [], False
     for line in open(log_path, encoding="utf-8", errors="replace"):
+        # sqlx logs a short statement as its summary alone.
+        if re.search(r'summary="BEGIN', line):
+            transaction = True
+            continue
         m = re.search(r'db\.statement="(.*?)" rows_affected', line)
         if not m:
             continue
         sql = m.group(1).encode().decode("unicode_escape").strip()
         if re.search(r'"(conversations|customers|users|agents)"', sql):
             out.append(sql)
-    return out
+    return out, transaction
 
 
 def params(sql, values):
@@ -80,7 +85,7 @@ def params(sql, values):
 
 
 def run(path, op, log_path, seconds, workspace, customer):
-    calls = statements(log_path)
+    calls, transaction = statements(log_path)
     if not calls:
         raise SystemExit(f"{op}: no statements captured")
     # A captured write that changed nothing sends no UPDATE: the plain client
@@ -93,7 +98,6 @@ def run(path, op, log_path, seconds, workspace, customer):
     template = dict(db.execute("SELECT * FROM conversations LIMIT 1").fetchone())
     ws, cust = uuid.UUID(workspace).bytes, uuid.UUID(customer).bytes
     rows = db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
-    transaction = op in ("create", "update")
     n, deadline = 0, time.monotonic() + seconds
     started = time.monotonic()
     while time.monotonic() < deadline:

@@ -66,30 +66,36 @@ pub async fn create(
             })));
         }
     }
-    // Even a lone INSERT runs in a transaction: it commits only when the
-    // call, still running, sends COMMIT. Alone, in autocommit, an INSERT that
-    // waits for a lock (on SQLite another process's write; on PostgreSQL a
-    // lock on the customer's row) would go on in the database after its call
-    // was cut off, and commit after the caller was told DEADLINE_EXCEEDED.
-    // Any lookups share the transaction.
-    let txn = begin_direct_write(db).await?;
-    if let Some((request_id, fingerprint)) = &key
-        && let Some(existing) = find_by_request_id(&txn, workspace_id, *request_id).await?
-    {
-        return replay(existing, fingerprint);
-    }
-
-    let references = CreateReferences {
-        customer_in_workspace: true,
-        origin_agent: match new.origin_agent_id {
-            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
-            None => None,
-        },
-        assignee: match new.fields.assignee_id {
-            Some(id) => Some(directory::entry(&txn, workspace_id, id).await?),
-            None => None,
-        },
+    // A write commits only if its call, still running, gets that far. On
+    // PostgreSQL even a lone INSERT takes a transaction for it: alone, in
+    // autocommit, an INSERT that waits for a lock (on the customer's row)
+    // goes on waiting after its call is cut off, and commits after the
+    // caller was told DEADLINE_EXCEEDED. SQLite's writer never waits inside
+    // a statement, so there a create with nothing to look up is its INSERT
+    // alone (`hot::can_write_alone`). Lookups share the transaction.
+    let txn = if looks_up || !super::hot::can_write_alone(db) {
+        Some(begin_direct_write(db).await?)
+    } else {
+        None
     };
+    let mut references = CreateReferences {
+        customer_in_workspace: true,
+        origin_agent: None,
+        assignee: None,
+    };
+    if let Some(txn) = &txn {
+        if let Some((request_id, fingerprint)) = &key
+            && let Some(existing) = find_by_request_id(txn, workspace_id, *request_id).await?
+        {
+            return replay(existing, fingerprint);
+        }
+        if let Some(id) = new.origin_agent_id {
+            references.origin_agent = Some(directory::entry(txn, workspace_id, id).await?);
+        }
+        if let Some(id) = new.fields.assignee_id {
+            references.assignee = Some(directory::entry(txn, workspace_id, id).await?);
+        }
+    }
     let (id, now) = (Uuid::now_v7(), time::now());
     let plan = |customer_in_workspace| {
         let references = CreateReferences {
@@ -104,7 +110,11 @@ pub async fn create(
     let conversation = match plan(true) {
         Ok(conversation) => conversation,
         Err(_) => {
-            plan(directory::customer_in_workspace(&txn, workspace_id, new.customer_id).await?)?
+            let customer = new.customer_id;
+            plan(match &txn {
+                Some(txn) => directory::customer_in_workspace(txn, workspace_id, customer).await?,
+                None => directory::customer_in_workspace(&**db, workspace_id, customer).await?,
+            })?
         }
     };
     let mut row = to_model(&conversation);
@@ -112,9 +122,15 @@ pub async fn create(
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
     let insert = insert_for_customer(db.get_database_backend(), row)?;
-    match super::hot::one_in(&txn, insert).await {
+    let inserted = match &txn {
+        Some(txn) => super::hot::one_in(txn, insert).await,
+        None => super::hot::write_alone(db, insert).await,
+    };
+    match inserted {
         Ok(Some(row)) => {
-            txn.commit().await?;
+            if let Some(txn) = txn {
+                txn.commit().await?;
+            }
             to_domain(row)
         }
         Ok(None) => Err(refusal(plan(false))),

@@ -38,7 +38,7 @@ fn is_sqlx_unavailable(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                is_sqlite_busy(&code)
+                is_sqlite_busy_code(&code)
             } else {
                 is_postgres_unavailable(&code)
             }
@@ -56,8 +56,20 @@ fn is_postgres_unavailable(sqlstate: &str) -> bool {
 
 /// SQLite result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
 /// extended codes: another writer still held the lock after the busy timeout.
-fn is_sqlite_busy(code: &str) -> bool {
+fn is_sqlite_busy_code(code: &str) -> bool {
     code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
+/// Whether SQLite refused a statement because another connection held the
+/// lock it needed (see `is_sqlite_busy_code`).
+pub(super) fn is_sqlite_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                && is_sqlite_busy_code(&db.code().unwrap_or_default())
+        }
+        _ => false,
+    }
 }
 
 /// Whether a unique index refused the write (on either database).
@@ -87,10 +99,10 @@ mod tests {
     #[test]
     fn sqlite_busy_and_locked_are_unavailable_with_extended_codes() {
         for code in ["5", "6", "517", "261", "262"] {
-            assert!(is_sqlite_busy(code), "{code}");
+            assert!(is_sqlite_busy_code(code), "{code}");
         }
         for code in ["19", "2067", "1", "11"] {
-            assert!(!is_sqlite_busy(code), "{code}");
+            assert!(!is_sqlite_busy_code(code), "{code}");
         }
     }
 }

@@ -17,15 +17,15 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement, sqlx,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Statement, sqlx,
 };
 use uuid::Uuid;
 
 use super::entity::conversation::{Column, Entity, Model};
 use super::{
-    Db, Direct, WriteTransaction,
-    direct::{bound, query_err},
+    Db, Direct,
+    direct::{DirectTransaction, bound, query_err},
 };
 
 /// One statement's SQL text for each backend.
@@ -89,7 +89,7 @@ macro_rules! run {
     ($db:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {
         match &$db.direct {
             Direct::Postgres(pool) => run!(@on pool, $sql.postgres, $fetch, $decode, $($arg),+),
-            Direct::Sqlite(pool) => run!(@on pool, $sql.sqlite, $fetch, $decode, $($arg),+),
+            Direct::Sqlite { read: pool, .. } => run!(@on pool, $sql.sqlite, $fetch, $decode, $($arg),+),
         }
     };
     (@on $pool:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {{
@@ -120,7 +120,7 @@ pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model
 /// The conversation `id` of the workspace, locked for the rest of the write
 /// transaction `txn`.
 pub async fn by_id_for_update(
-    txn: &WriteTransaction,
+    txn: &DirectTransaction,
     workspace_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Model>, DbErr> {
@@ -164,30 +164,47 @@ macro_rules! fetch_models {
 pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> {
     match &db.direct {
         Direct::Postgres(pool) => fetch_models!(pool, statement),
-        Direct::Sqlite(pool) => fetch_models!(pool, statement),
+        Direct::Sqlite { read: pool, .. } => fetch_models!(pool, statement),
     }
 }
 
+/// Whether a write may run alone, in autocommit, and still never commit
+/// after its call was cut off: on SQLite, whose writer never waits inside a
+/// statement (see `direct::while_busy!`). On PostgreSQL a statement waiting
+/// for a lock goes on after its call is cut off, and commits when it gets
+/// the lock, so writes there take a transaction.
+pub fn can_write_alone(db: &Db) -> bool {
+    matches!(db.direct, Direct::Sqlite { .. })
+}
+
+/// Runs `statement`, a write that returns `Entity::find()`'s columns, alone,
+/// in autocommit, on SQLite's writer (see [`can_write_alone`]), and returns
+/// its first row, decoded by position.
+pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
+    let Direct::Sqlite {
+        write,
+        busy_timeout,
+        ..
+    } = &db.direct
+    else {
+        return Err(DbErr::Custom("only SQLite writes alone".into()));
+    };
+    // All rows: see `one_in`.
+    let rows = write.write_alone(statement, *busy_timeout).await?;
+    rows.first().map(model).transpose()
+}
+
 /// Runs `statement`, which returns `Entity::find()`'s columns, in the write
-/// transaction `txn`, and returns its first row. On a direct connection the
-/// rows decode by position; on SQLite's writer, as SeaORM decodes them.
-pub async fn one_in(txn: &WriteTransaction, statement: Statement) -> Result<Option<Model>, DbErr> {
+/// transaction `txn`, and returns its first row, decoded by position.
+pub async fn one_in(txn: &DirectTransaction, statement: Statement) -> Result<Option<Model>, DbErr> {
     // All rows, not the first: the statement is stepped to its end, so any
     // error it meets is reported (sqlx drops the error of a statement reset
     // after its first row).
-    let row = match txn {
-        WriteTransaction::Direct(txn) => txn.fetch_all(statement).await?.first().map(model),
-        WriteTransaction::Writer(txn) => txn
-            .query_all_raw(statement)
-            .await?
-            .first()
-            .map(|row| Model::from_query_result(row, "")),
-    };
-    row.transpose()
+    Ok(txn.fetch_models(statement).await?.into_iter().next())
 }
 
 /// Decodes a row of `Entity::find()`'s columns, by position.
-fn model<'r, R>(row: &'r R) -> Result<Model, DbErr>
+pub(super) fn model<'r, R>(row: &'r R) -> Result<Model, DbErr>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,

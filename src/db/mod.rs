@@ -15,8 +15,7 @@ use std::{ops::Deref, time::Duration};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, ExecResult, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sqlx::{
         self, PgConnection, SqliteConnection,
         sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -46,22 +45,25 @@ pub struct DbSettings {
     pub lock_timeout: Option<Duration>,
 }
 
-/// The database: SeaORM's pool, the connection write transactions run on,
-/// and the direct connections of the hot statements.
+/// The database: SeaORM's pool, the connection its write transactions run
+/// on, and the direct connections of the hot statements and conversations'
+/// writes.
 ///
 /// SQLite allows one writer at a time. Writers that each took `BEGIN
 /// IMMEDIATE` on their own connection would wait in SQLite's busy handler,
 /// which sleeps in growing steps (p99 in the hundreds of milliseconds), so on
-/// SQLite the writer is a pool of one connection of its own: the writers of
+/// SQLite conversations' writes share one direct connection: the writers of
 /// this process queue for it first come, first served, and never sleep. The
 /// connection goes back to the queue only after a dropped transaction has
-/// rolled back. PostgreSQL locks rows, so there the writer is the same pool.
+/// rolled back. SeaORM's writer is a second one-connection pool, for the
+/// admin commands' and migrations' writes, which `serve` makes only as it
+/// starts. PostgreSQL locks rows, so there the writer is the same pool.
 ///
 /// It dereferences to the read pool. Write transactions start with
 /// [`begin_write`], or, for conversations, [`begin_direct_write`]. The hot
-/// statements (`db::hot`) and, on PostgreSQL, conversations' write
-/// transactions run on connections of their own, which are not pinged after
-/// each use (see `db::direct`).
+/// statements (`db::hot`) and conversations' write transactions run on
+/// connections of their own, which are not pinged after each use (see
+/// `db::direct`).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: DatabaseConnection,
@@ -69,11 +71,19 @@ pub struct Db {
     direct: Direct,
 }
 
-/// The direct connections of the hot statements, of the pool's backend.
+/// The direct connections of the hot statements and of conversations' write
+/// transactions, of the pool's backend. SQLite's writes have one connection
+/// of their own.
 #[derive(Debug, Clone)]
 pub(crate) enum Direct {
     Postgres(DirectPool<PgConnection>),
-    Sqlite(DirectPool<SqliteConnection>),
+    Sqlite {
+        read: DirectPool<SqliteConnection>,
+        /// The writer: one connection, without a busy handler.
+        write: DirectPool<SqliteConnection>,
+        /// How long a write waits out another process's write lock.
+        busy_timeout: Duration,
+    },
 }
 
 impl Direct {
@@ -82,13 +92,10 @@ impl Direct {
     fn of(pool: &DatabaseConnection, settings: &DbSettings) -> Result<Self, DbErr> {
         fn open<C: sqlx::Connection + 'static>(
             options: &C::Options,
+            max_connections: u32,
             settings: &DbSettings,
         ) -> DirectPool<C> {
-            let pool = DirectPool::new(
-                options.clone(),
-                settings.max_connections,
-                settings.acquire_timeout,
-            );
+            let pool = DirectPool::new(options.clone(), max_connections, settings.acquire_timeout);
             pool.reap_idle(direct::IDLE_TIMEOUT, Duration::from_secs(60));
             pool
         }
@@ -99,11 +106,23 @@ impl Direct {
                     let millis = timeout.as_millis().max(1).to_string();
                     options = options.options([("lock_timeout", millis)]);
                 }
-                Ok(Self::Postgres(open::<PgConnection>(&options, settings)))
+                Ok(Self::Postgres(open::<PgConnection>(
+                    &options,
+                    settings.max_connections,
+                    settings,
+                )))
             }
             DbBackend::Sqlite => {
                 let options = pool.get_sqlite_connection_pool().connect_options();
-                Ok(Self::Sqlite(open::<SqliteConnection>(&options, settings)))
+                // The writer waits for another process's write lock between
+                // attempts, where a cut-off call stops it (see
+                // `direct::while_busy!`), not in SQLite's busy handler.
+                let unwaiting = (*options).clone().busy_timeout(Duration::ZERO);
+                Ok(Self::Sqlite {
+                    read: open::<SqliteConnection>(&options, settings.max_connections, settings),
+                    write: open::<SqliteConnection>(&unwaiting, 1, settings),
+                    busy_timeout: settings.sqlite_busy_timeout,
+                })
             }
             backend => Err(DbErr::BackendNotSupported {
                 db: backend.as_str(),
@@ -113,17 +132,23 @@ impl Direct {
     }
 
     fn stats(&self) -> PoolStats {
-        let (open, idle, max) = match self {
-            Self::Postgres(pool) => pool.stats(),
-            Self::Sqlite(pool) => pool.stats(),
-        };
-        PoolStats { open, idle, max }
+        fn of<C: sqlx::Connection>(pool: &DirectPool<C>) -> PoolStats {
+            let (open, idle, max) = pool.stats();
+            PoolStats { open, idle, max }
+        }
+        match self {
+            Self::Postgres(pool) => of(pool),
+            Self::Sqlite { read, write, .. } => of(read) + of(write),
+        }
     }
 
     async fn close(&self) {
         match self {
             Self::Postgres(pool) => pool.close().await,
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite { read, write, .. } => {
+                read.close().await;
+                write.close().await;
+            }
         }
     }
 }
@@ -214,7 +239,7 @@ pub async fn migrate(db: &Db) -> Result<(), DbErr> {
     txn.commit().await
 }
 
-/// Starts a transaction that will write, on the writer (see [`Db`]): on
+/// Starts a transaction that will write, on SeaORM's writer (see [`Db`]): on
 /// SQLite it waits its turn for the writer connection, then takes `BEGIN
 /// IMMEDIATE`, which holds the write lock up front (waiting out the busy
 /// timeout only for other processes) instead of failing with "database is
@@ -229,66 +254,17 @@ pub async fn begin_write(db: &Db) -> Result<DatabaseTransaction, DbErr> {
         .await
 }
 
-/// A write transaction of a conversation: on PostgreSQL on a direct
-/// connection (see `db::direct`), on SQLite the writer's ([`begin_write`]).
-pub enum WriteTransaction {
-    Direct(DirectTransaction),
-    Writer(DatabaseTransaction),
-}
-
-/// As [`begin_write`], but on PostgreSQL on a direct connection: the pool
-/// does not ping it after the COMMIT.
-pub async fn begin_direct_write(db: &Db) -> Result<WriteTransaction, DbErr> {
-    Ok(match &db.direct {
-        Direct::Postgres(pool) => WriteTransaction::Direct(DirectTransaction::begin(pool).await?),
-        Direct::Sqlite(_) => WriteTransaction::Writer(begin_write(db).await?),
-    })
-}
-
-impl WriteTransaction {
-    pub async fn commit(self) -> Result<(), DbErr> {
-        match self {
-            Self::Direct(txn) => txn.commit().await,
-            Self::Writer(txn) => txn.commit().await,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl ConnectionTrait for WriteTransaction {
-    fn get_database_backend(&self) -> DbBackend {
-        match self {
-            Self::Direct(txn) => txn.get_database_backend(),
-            Self::Writer(txn) => txn.get_database_backend(),
-        }
-    }
-
-    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
-        match self {
-            Self::Direct(txn) => txn.execute_raw(statement).await,
-            Self::Writer(txn) => txn.execute_raw(statement).await,
-        }
-    }
-
-    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        match self {
-            Self::Direct(txn) => txn.execute_unprepared(sql).await,
-            Self::Writer(txn) => txn.execute_unprepared(sql).await,
-        }
-    }
-
-    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
-        match self {
-            Self::Direct(txn) => txn.query_one_raw(statement).await,
-            Self::Writer(txn) => txn.query_one_raw(statement).await,
-        }
-    }
-
-    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        match self {
-            Self::Direct(txn) => txn.query_all_raw(statement).await,
-            Self::Writer(txn) => txn.query_all_raw(statement).await,
-        }
+/// A write transaction of a conversation, on a direct connection (see
+/// `db::direct`): on PostgreSQL one of the pool's, on SQLite the direct
+/// writer (see [`Db`]).
+pub async fn begin_direct_write(db: &Db) -> Result<DirectTransaction, DbErr> {
+    match &db.direct {
+        Direct::Postgres(pool) => DirectTransaction::begin_postgres(pool).await,
+        Direct::Sqlite {
+            write,
+            busy_timeout,
+            ..
+        } => DirectTransaction::begin_sqlite(write, *busy_timeout).await,
     }
 }
 

@@ -473,3 +473,29 @@ async fn lock_writes(app: &TestApp) -> sea_orm::DatabaseTransaction {
     }
     lock
 }
+
+/// A write that finds the database locked by another process (on SQLite its
+/// write lock; on PostgreSQL the customer's row) waits for it, within the
+/// busy timeout, and then succeeds.
+#[tokio::test]
+async fn writes_wait_out_another_process_lock() {
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let lock = lock_writes(&app).await;
+    let renamed = pb::Conversation {
+        subject: Some("after the lock".into()),
+        ..with_id(&created.id)
+    };
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.commit().await.unwrap();
+    };
+    let (create, update, ()) = tokio::join!(
+        app.create(&app.a.token, email(&app.a)),
+        app.update(&app.a.token, renamed, Some(&["subject"])),
+        release,
+    );
+    create.expect("the create waited for the lock");
+    let updated = update.expect("the update waited for the lock");
+    assert_eq!(updated.subject.as_deref(), Some("after the lock"));
+}
