@@ -16,8 +16,11 @@
 //! - one older than [`MAX_LIFETIME`] is replaced, and one unused for
 //!   [`IDLE_TIMEOUT`] closed, as sqlx's defaults do.
 //!
-//! On PostgreSQL, Create's and Update's transactions run on one too
-//! ([`DirectTransaction`]), so their COMMIT is not followed by a ping either.
+//! Create's and Update's transactions run on one too ([`DirectTransaction`]),
+//! so their COMMIT is not followed by a ping either: on PostgreSQL one of
+//! the pool's, on SQLite the one writer connection, which has no busy
+//! handler: a write that finds another process's write lock waits between
+//! attempts instead (`while_busy!`), where its call's deadline can end it.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -199,8 +202,8 @@ impl<C: sqlx::Connection> DirectPool<C> {
 /// it next reads from the connection: at once if it was idle, and for a
 /// statement still waiting for a row lock, when the lock comes or its
 /// `lock_timeout` passes (`serve` sets it a second past the request
-/// timeout; see
-/// `DbSettings::lock_timeout`).
+/// timeout; see `DbSettings::lock_timeout`). SQLite rolls back when sqlx's
+/// worker, done with its statement, closes the connection.
 pub struct Lease<C: sqlx::Connection>(Option<Object<Opener<C>>>);
 
 impl<C: sqlx::Connection> Lease<C> {
@@ -299,8 +302,9 @@ const MAX_BUSY_PAUSE: Duration = Duration::from_millis(25);
 /// (`db::Direct::of`): its busy handler waits inside the statement, where a
 /// cut-off call cannot stop it, and the statement would then write after
 /// the caller was told DEADLINE_EXCEEDED. Waiting here, between attempts,
-/// ends with the call. A busy statement did not begin, so the connection is
-/// settled while it waits.
+/// ends with the call. A busy statement had no effect (SQLite rolls it back
+/// and sqlx resets it before its next command), so the connection stays
+/// fit for reuse, while it waits and after the last busy answer.
 macro_rules! while_busy {
     ($busy_timeout:expr, $lease:ident, $attempt:expr) => {{
         let started = tokio::time::Instant::now();
@@ -308,9 +312,12 @@ macro_rules! while_busy {
         loop {
             $lease.state().settled = false;
             match $attempt {
-                Err(err) if is_sqlite_busy(&err) && started.elapsed() < $busy_timeout => {
+                Err(err) if is_sqlite_busy(&err) => {
                     $lease.settle();
                     let left = $busy_timeout.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        break Err(err);
+                    }
                     tokio::time::sleep(pause.min(left)).await;
                     pause = (pause * 2).min(MAX_BUSY_PAUSE);
                 }
@@ -421,9 +428,6 @@ impl Drop for DirectTransaction {
         let Some(lease) = self.conn.get_mut().take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let timeout = self.rollback_timeout;
         on_lease!(lease, conn => {
             let mut conn = conn;
@@ -432,6 +436,10 @@ impl Drop for DirectTransaction {
                 return;
             }
             conn.state().settled = false;
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                // No runtime to roll back on: closed, which rolls back.
+                return;
+            };
             let rollback = async move {
                 match tokio::time::timeout(timeout, conn.execute("ROLLBACK")).await {
                     Ok(Ok(_)) => {
@@ -525,7 +533,10 @@ fn acquire_err(err: PoolError<sqlx::Error>) -> DbErr {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::sqlx::{SqliteConnection, sqlite::SqliteConnectOptions};
+    use sea_orm::sqlx::{
+        Connection, SqliteConnection,
+        sqlite::{SqliteConnectOptions, SqliteJournalMode},
+    };
 
     use super::*;
 
@@ -598,5 +609,43 @@ mod tests {
         let err = pool.get().await.err().unwrap();
         assert!(super::super::error::is_unavailable(&err), "{err:?}");
         assert_eq!(pool.stats().0, 0, "the idle connection was closed");
+    }
+
+    /// A write that finds another connection's write lock waits between
+    /// attempts: cut off there, it writes nothing later, and its connection
+    /// (the same one, with its TEMP table) is kept. Once the lock is gone,
+    /// the write goes through.
+    #[tokio::test]
+    async fn a_write_cut_off_while_the_database_is_busy_writes_nothing_later() {
+        let dir = tempfile::tempdir().unwrap();
+        // As `db::Direct::of` opens SQLite's writer: WAL, no busy handler.
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("busy.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::ZERO);
+        let pool = DirectPool::<SqliteConnection>::new(options.clone(), 1, Duration::from_secs(5));
+        let mut conn = pool.get().await.unwrap();
+        conn.execute("CREATE TABLE t (x INTEGER)").await.unwrap();
+        conn.execute("CREATE TEMP TABLE marker (x)").await.unwrap();
+        conn.settle();
+        drop(conn);
+
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let insert = || Statement::from_string(DbBackend::Sqlite, "INSERT INTO t VALUES (1)");
+        let write = pool.write_alone(insert(), Duration::from_secs(30));
+        let cut_off = tokio::time::timeout(Duration::from_millis(200), write).await;
+        assert!(cut_off.is_err(), "the write was still waiting");
+        other.execute("COMMIT").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let count = || sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM t");
+        assert_eq!(count().fetch_one(&mut other).await.unwrap().0, 0);
+        assert!(has_marker(&pool).await, "the connection was kept");
+        pool.write_alone(insert(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(count().fetch_one(&mut other).await.unwrap().0, 1);
     }
 }

@@ -55,18 +55,24 @@ fn is_postgres_unavailable(sqlstate: &str) -> bool {
 }
 
 /// SQLite result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
-/// extended codes: another writer still held the lock after the busy timeout.
+/// extended codes: another connection held the lock a write needed, past
+/// the busy timeout (or a statement of the same connection held a table).
 fn is_sqlite_busy_code(code: &str) -> bool {
     code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
 }
 
-/// Whether SQLite refused a statement because another connection held the
-/// lock it needed (see `is_sqlite_busy_code`).
+/// Whether SQLite answered SQLITE_BUSY (5, and its extended codes): another
+/// connection held the lock the statement needed, and trying again later
+/// may succeed. (SQLITE_LOCKED is a conflict within one connection, which
+/// waiting does not clear.)
 pub(super) fn is_sqlite_busy(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
             db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-                && is_sqlite_busy_code(&db.code().unwrap_or_default())
+                && db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|n| n & 0xff == 5)
         }
         _ => false,
     }

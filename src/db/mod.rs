@@ -53,11 +53,13 @@ pub struct DbSettings {
 /// IMMEDIATE` on their own connection would wait in SQLite's busy handler,
 /// which sleeps in growing steps (p99 in the hundreds of milliseconds), so on
 /// SQLite conversations' writes share one direct connection: the writers of
-/// this process queue for it first come, first served, and never sleep. The
-/// connection goes back to the queue only after a dropped transaction has
-/// rolled back. SeaORM's writer is a second one-connection pool, for the
-/// admin commands' and migrations' writes, which `serve` makes only as it
-/// starts. PostgreSQL locks rows, so there the writer is the same pool.
+/// this process queue for it first come, first served, and only the one
+/// holding it waits, between attempts, for another process's writer (see
+/// `direct::while_busy!`). The connection goes back to the queue only after
+/// a dropped transaction has rolled back. SeaORM's writer is a second
+/// one-connection pool, for migrations and the admin commands, which run
+/// before `serve` starts or in another process. PostgreSQL locks rows, so
+/// there the writer is the same pool.
 ///
 /// It dereferences to the read pool. Write transactions start with
 /// [`begin_write`], or, for conversations, [`begin_direct_write`]. The hot
@@ -87,8 +89,9 @@ pub(crate) enum Direct {
 }
 
 impl Direct {
-    /// As many connections as the read pool may open, with its options;
-    /// those unused for `direct::IDLE_TIMEOUT` are closed, checked each minute.
+    /// As many connections as the read pool may open, with its options (on
+    /// SQLite, and a writer: one connection without a busy handler); those
+    /// unused for `direct::IDLE_TIMEOUT` are closed, checked each minute.
     fn of(pool: &DatabaseConnection, settings: &DbSettings) -> Result<Self, DbErr> {
         fn open<C: sqlx::Connection + 'static>(
             options: &C::Options,
@@ -170,9 +173,10 @@ impl Db {
 }
 
 /// Opens the pools. A `sqlite:` URL gets WAL (readers never block the
-/// writer), a busy timeout (a writer of another process waits instead of
-/// failing), foreign keys, a read pool larger than SeaORM's SQLite default of
-/// one connection, and a one-connection writer.
+/// writer), a busy timeout (a writer of another process is waited for
+/// instead of failing; see `Direct` for the direct writer's), foreign keys,
+/// a read pool larger than SeaORM's SQLite default of one connection, and
+/// one-connection writers (`Db`).
 pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
     let pool = Database::connect(options(settings, settings.max_connections)).await?;
     let writer = match pool.get_database_backend() {
@@ -279,7 +283,7 @@ pub struct PoolStats {
 }
 
 impl Db {
-    /// The read pool, the direct connections and, on SQLite, the writer
+    /// The read pool, the direct connections and, on SQLite, SeaORM's writer
     /// connection, together: a call waiting for any is waiting for a
     /// connection.
     pub fn pool_stats(&self) -> PoolStats {

@@ -403,9 +403,10 @@ async fn a_call_past_the_request_timeout_is_deadline_exceeded_and_writes_nothing
 }
 
 /// A plain create (a single INSERT) that waits for a lock past the request
-/// timeout writes nothing, even when the lock is released right after the
-/// call has answered: run alone, in autocommit, the INSERT would go on
-/// waiting in the database and commit after the caller was told it failed.
+/// timeout writes nothing, even when the lock is released soon after the
+/// call has answered: an INSERT left waiting inside the database (in
+/// SQLite's busy handler, in PostgreSQL's lock queue) would commit then,
+/// after the caller was told it failed.
 #[tokio::test]
 async fn a_create_past_the_request_timeout_writes_nothing() {
     let settings = ServeSettings {
@@ -422,6 +423,9 @@ async fn a_create_past_the_request_timeout_writes_nothing() {
         Code::DeadlineExceeded,
         "REQUEST_TIMEOUT",
     );
+    // Time for an attempt already handed to the database as the deadline
+    // fell to meet the lock (and have no effect) before it goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     lock.commit().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -474,9 +478,10 @@ async fn lock_writes(app: &TestApp) -> sea_orm::DatabaseTransaction {
     lock
 }
 
-/// A write that finds the database locked by another process (on SQLite its
-/// write lock; on PostgreSQL the customer's row) waits for it, within the
-/// busy timeout, and then succeeds.
+/// A write that finds the database locked by another process waits for it,
+/// within the busy timeout, and then succeeds: on SQLite (its write lock)
+/// both the create and the update wait; on PostgreSQL (the customer's row)
+/// the create does.
 #[tokio::test]
 async fn writes_wait_out_another_process_lock() {
     let app = TestApp::spawn().await;
@@ -490,12 +495,21 @@ async fn writes_wait_out_another_process_lock() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         lock.commit().await.unwrap();
     };
+    let started = std::time::Instant::now();
     let (create, update, ()) = tokio::join!(
-        app.create(&app.a.token, email(&app.a)),
+        async {
+            let created = app.create(&app.a.token, email(&app.a)).await;
+            (created, started.elapsed())
+        },
         app.update(&app.a.token, renamed, Some(&["subject"])),
         release,
     );
+    let (create, waited) = create;
     create.expect("the create waited for the lock");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "the create did not wait: {waited:?}"
+    );
     let updated = update.expect("the update waited for the lock");
     assert_eq!(updated.subject.as_deref(), Some("after the lock"));
 }
