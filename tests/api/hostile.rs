@@ -376,11 +376,7 @@ async fn beyond_the_concurrency_limit_calls_are_shed_at_once_and_health_still_an
 
 #[tokio::test]
 async fn a_call_past_the_request_timeout_is_deadline_exceeded_and_writes_nothing() {
-    let settings = ServeSettings {
-        request_timeout: Duration::from_millis(500),
-        ..settings()
-    };
-    let app = TestApp::spawn_with(settings).await;
+    let app = app_with_request_timeout(Duration::from_millis(500)).await;
     let created = app.create_email().await;
     let lock = lock_row(&app, &created.id).await;
     let sent = pb::Conversation {
@@ -409,11 +405,7 @@ async fn a_call_past_the_request_timeout_is_deadline_exceeded_and_writes_nothing
 /// after the caller was told it failed.
 #[tokio::test]
 async fn a_create_past_the_request_timeout_writes_nothing() {
-    let settings = ServeSettings {
-        request_timeout: Duration::from_millis(500),
-        ..settings()
-    };
-    let app = TestApp::spawn_with(settings).await;
+    let app = app_with_request_timeout(Duration::from_millis(500)).await;
     // The connections the create will use are open before the clock starts.
     app.create_email().await;
     let lock = lock_writes(&app).await;
@@ -443,11 +435,7 @@ async fn a_create_past_the_request_timeout_writes_nothing() {
 /// writer.
 #[tokio::test]
 async fn a_refused_create_does_not_wait_for_the_writer() {
-    let settings = ServeSettings {
-        request_timeout: Duration::from_secs(2),
-        ..settings()
-    };
-    let app = TestApp::spawn_with(settings).await;
+    let app = app_with_request_timeout(Duration::from_secs(2)).await;
     let lock = lock_writes(&app).await;
     let on_hold_without_time = pb::Conversation {
         status: pb::Status::OnHold as i32,
@@ -512,4 +500,13 @@ async fn writes_wait_out_another_process_lock() {
     );
     let updated = update.expect("the update waited for the lock");
     assert_eq!(updated.subject.as_deref(), Some("after the lock"));
+}
+
+/// A server whose calls may run for `request_timeout` at most.
+async fn app_with_request_timeout(request_timeout: Duration) -> TestApp {
+    TestApp::spawn_with(ServeSettings {
+        request_timeout,
+        ..settings()
+    })
+    .await
 }
