@@ -43,37 +43,11 @@ pub async fn create(
 ) -> Result<Conversation, Error> {
     // The key and the digest a retry must match; computed only when asked for.
     let key = request_id.map(|id| (id, new.fingerprint()));
-    // A create that names nothing to look up, and that the rules refuse
-    // anyway, is answered without a transaction: it writes nothing, and on
-    // SQLite it would otherwise wait for the writer only to be refused.
+    // Lookups (a retried request_id, the agent or assignee named) share a
+    // transaction with the INSERT.
     let looks_up =
         key.is_some() || new.origin_agent_id.is_some() || new.fields.assignee_id.is_some();
-    if !looks_up {
-        let unread = CreateReferences {
-            customer_in_workspace: true,
-            origin_agent: None,
-            assignee: None,
-        };
-        let check = |references| {
-            rules::plan_create(&new, Uuid::nil(), workspace_id, references, time::now())
-        };
-        if check(unread).is_err() {
-            let customer_in_workspace =
-                directory::customer_in_workspace(&**db, workspace_id, new.customer_id).await?;
-            return Err(refusal(check(CreateReferences {
-                customer_in_workspace,
-                ..unread
-            })));
-        }
-    }
-    // A write commits only if its call, still running, gets that far. On
-    // PostgreSQL even a lone INSERT takes a transaction for it: alone, in
-    // autocommit, an INSERT that waits for a lock (on the customer's row)
-    // goes on waiting after its call is cut off, and commits after the
-    // caller was told DEADLINE_EXCEEDED. SQLite's writer never waits inside
-    // a statement, so there a create with nothing to look up is its INSERT
-    // alone (`hot::can_write_alone`). Lookups share the transaction.
-    let txn = if looks_up || !super::hot::can_write_alone(db) {
+    let txn = if looks_up {
         Some(begin_direct_write(db).await?)
     } else {
         None
@@ -122,6 +96,17 @@ pub async fn create(
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
     let insert = insert_for_customer(db.get_database_backend(), row)?;
+    // A write commits only if its call, still running, gets that far. On
+    // PostgreSQL even a lone INSERT takes a transaction for it: alone, in
+    // autocommit, an INSERT that waits for a lock (on the customer's row)
+    // goes on waiting after its call is cut off, and commits after the
+    // caller was told DEADLINE_EXCEEDED. SQLite's writer never waits inside
+    // a statement, so there it runs alone (`hot::can_write_alone`). A create
+    // the rules refused has returned by now, having opened no transaction.
+    let txn = match txn {
+        None if !super::hot::can_write_alone(db) => Some(begin_direct_write(db).await?),
+        txn => txn,
+    };
     let inserted = match &txn {
         Some(txn) => super::hot::one_in(txn, insert).await,
         None => super::hot::write_alone(db, insert).await,
