@@ -15,7 +15,7 @@ use std::{ops::Deref, time::Duration};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
     sqlx::{
         self, PgConnection, SqliteConnection,
         sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -180,7 +180,10 @@ impl Db {
 pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
     let pool = Database::connect(options(settings, settings.max_connections)).await?;
     let writer = match pool.get_database_backend() {
-        DbBackend::Sqlite => Database::connect(options(settings, 1)).await?,
+        DbBackend::Sqlite => {
+            require_wal(&pool).await?;
+            Database::connect(options(settings, 1)).await?
+        }
         _ => pool.clone(),
     };
     let direct = Direct::of(&pool, settings)?;
@@ -189,6 +192,26 @@ pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
         writer,
         direct,
     })
+}
+
+/// Refuses a SQLite database that is not in WAL mode. `connect` asks for
+/// WAL, but SQLite keeps another mode without a word where WAL cannot work
+/// (an in-memory database, a file system without shared memory). Writes
+/// depend on it: without WAL a COMMIT waits for readers, and SQLite's
+/// writer has no busy handler to wait with (see `direct::while_busy!`).
+async fn require_wal(pool: &DatabaseConnection) -> Result<(), DbErr> {
+    let statement = Statement::from_string(DbBackend::Sqlite, "PRAGMA journal_mode");
+    let mode = match pool.query_one_raw(statement).await? {
+        Some(row) => row.try_get_by_index::<String>(0)?,
+        None => String::new(),
+    };
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(DbErr::Custom(format!(
+            "SQLite is in `{mode}` journal mode, not WAL: use a database file on a local disk"
+        )))
+    }
 }
 
 /// A pool for reads alone (the health probe): no writer connection.
@@ -327,6 +350,29 @@ fn pool_stats(db: &DatabaseConnection) -> PoolStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_sqlite_database_without_wal_is_refused() {
+        let settings = DbSettings {
+            url: "sqlite::memory:".into(),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(3),
+            sqlite_busy_timeout: Duration::from_secs(3),
+            lock_timeout: None,
+        };
+        let err = connect(&settings).await.expect_err("refused");
+        assert!(err.to_string().contains("not WAL"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!("sqlite://{}", dir.path().join("wal.db").display());
+        let db = connect(&DbSettings {
+            url: file,
+            ..settings
+        })
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
 
     #[test]
     fn only_connections_idle_past_the_threshold_are_pinged_on_acquire() {
