@@ -170,9 +170,9 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
 
 /// Whether a write may run alone, in autocommit, and still never commit
 /// after its call was cut off: on SQLite, whose writer never waits inside a
-/// statement (see `direct::while_busy!`). On PostgreSQL a statement waiting
-/// for a lock goes on after its call is cut off, and commits when it gets
-/// the lock, so writes there take a transaction.
+/// statement (see `direct::transaction::while_busy!`). On PostgreSQL a
+/// statement waiting for a lock goes on after its call is cut off, and
+/// commits when it gets the lock, so writes there take a transaction.
 pub fn can_write_alone(db: &Db) -> bool {
     matches!(db.direct, Direct::Sqlite { .. })
 }

@@ -55,11 +55,11 @@ pub struct DbSettings {
 /// SQLite conversations' writes share one direct connection: the writers of
 /// this process queue for it first come, first served, and only the one
 /// holding it waits, between attempts, for another process's writer (see
-/// `direct::while_busy!`). The connection goes back to the queue only after
-/// a dropped transaction has rolled back. SeaORM's writer is a second
-/// one-connection pool, for migrations and the admin commands, which run
-/// before `serve` starts or in another process. PostgreSQL locks rows, so
-/// there the writer is the same pool.
+/// `direct::transaction::while_busy!`). The connection goes back to the
+/// queue only after a dropped transaction has rolled back. SeaORM's writer
+/// is a second one-connection pool, for migrations and the admin commands,
+/// which run before `serve` starts or in another process. PostgreSQL locks
+/// rows, so there the writer is the same pool.
 ///
 /// It dereferences to the read pool. Write transactions start with
 /// [`begin_write`], or, for conversations, [`begin_direct_write`]. The hot
@@ -118,8 +118,8 @@ impl Direct {
             DbBackend::Sqlite => {
                 let options = pool.get_sqlite_connection_pool().connect_options();
                 // The writer waits for another process's write lock between
-                // attempts, where a cut-off call stops it (see
-                // `direct::while_busy!`), not in SQLite's busy handler.
+                // attempts, where a cut-off call stops it, not in SQLite's
+                // busy handler (see `direct::transaction::while_busy!`).
                 let unwaiting = (*options).clone().busy_timeout(Duration::ZERO);
                 Ok(Self::Sqlite {
                     read: open::<SqliteConnection>(&options, settings.max_connections, settings),
@@ -198,7 +198,8 @@ pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
 /// WAL, but SQLite keeps another mode without a word where WAL cannot work
 /// (an in-memory database, a file system without shared memory). Writes
 /// depend on it: without WAL a COMMIT waits for readers, and SQLite's
-/// writer has no busy handler to wait with (see `direct::while_busy!`).
+/// writer has no busy handler to wait with (see
+/// `direct::transaction::while_busy!`).
 async fn require_wal(pool: &DatabaseConnection) -> Result<(), DbErr> {
     let statement = Statement::from_string(DbBackend::Sqlite, "PRAGMA journal_mode");
     let mode = match pool.query_one_raw(statement).await? {
