@@ -96,17 +96,8 @@ pub async fn create(
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
     let insert = insert_for_customer(db.get_database_backend(), row)?;
-    // A write commits only if its call, still running, gets that far. On
-    // PostgreSQL even a lone INSERT takes a transaction for it: alone, in
-    // autocommit, an INSERT that waits for a lock (on the customer's row)
-    // goes on waiting after its call is cut off, and commits after the
-    // caller was told DEADLINE_EXCEEDED. SQLite's writer never waits inside
-    // a statement, so there it runs alone (`hot::can_write_alone`). A create
-    // the rules refused has returned by now, having opened no transaction.
-    let txn = match txn {
-        None if !super::hot::can_write_alone(db) => Some(begin_direct_write(db).await?),
-        txn => txn,
-    };
+    // Without lookups the INSERT is the whole write (a refused create has
+    // returned by now, having opened no transaction).
     let inserted = match &txn {
         Some(txn) => super::hot::one_in(txn, insert).await,
         None => super::hot::write_alone(db, insert).await,

@@ -168,30 +168,33 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
     }
 }
 
-/// Whether a write may run alone, in autocommit, and still never commit
-/// after its call was cut off: on SQLite, whose writer never waits inside a
-/// statement (see `direct::transaction::while_busy!`). On PostgreSQL a
-/// statement waiting for a lock goes on after its call is cut off, and
-/// commits when it gets the lock, so writes there take a transaction.
-pub fn can_write_alone(db: &Db) -> bool {
-    matches!(db.direct, Direct::Sqlite { .. })
-}
-
-/// Runs `statement`, a write that returns `Entity::find()`'s columns, alone,
-/// in autocommit, on SQLite's writer (see [`can_write_alone`]), and returns
-/// its first row, decoded by position.
+/// Runs `statement`, a write that is a transaction by itself and returns
+/// `Entity::find()`'s columns, and returns its first row, decoded by
+/// position. It commits only if its call, still running, gets that far:
+///
+/// - on SQLite it runs alone, in autocommit, on the writer, which never
+///   waits inside a statement (see `direct::transaction::while_busy!`);
+/// - on PostgreSQL it runs between BEGIN and COMMIT: alone, in autocommit,
+///   a statement that waits for a lock goes on waiting after its call is
+///   cut off, and commits after the caller was told DEADLINE_EXCEEDED.
 pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
-    let Direct::Sqlite {
-        write,
-        busy_timeout,
-        ..
-    } = &db.direct
-    else {
-        return Err(DbErr::Custom("only SQLite writes alone".into()));
-    };
-    // All rows: see `one_in`.
-    let rows = write.write_alone(statement, *busy_timeout).await?;
-    rows.first().map(model).transpose()
+    match &db.direct {
+        Direct::Sqlite {
+            write,
+            busy_timeout,
+            ..
+        } => {
+            // All rows: see `one_in`.
+            let rows = write.write_alone(statement, *busy_timeout).await?;
+            rows.first().map(model).transpose()
+        }
+        Direct::Postgres(pool) => {
+            let txn = DirectTransaction::begin_postgres(pool).await?;
+            let row = one_in(&txn, statement).await?;
+            txn.commit().await?;
+            Ok(row)
+        }
+    }
 }
 
 /// Runs `statement`, which returns `Entity::find()`'s columns, in the write
