@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use conversation_service::{cli, config::Config, telemetry};
 
+/// mimalloc instead of glibc's malloc: every call allocates, a List page per
+/// row, and a page costs a sixth fewer instructions with it (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
