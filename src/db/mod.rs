@@ -375,6 +375,32 @@ mod tests {
         db.close().await.unwrap();
     }
 
+    /// Get and every List page bind their LIMIT. Without the query planner
+    /// stability guarantee, SQLite marks such a statement stale each time
+    /// that parameter is bound and parses it again on every call, so the
+    /// prepared-statement cache saves nothing (`.cargo/config.toml` sets the
+    /// flag for the bundled SQLite).
+    #[tokio::test]
+    async fn sqlite_keeps_query_plans_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = connect(&DbSettings {
+            url: format!("sqlite://{}", dir.path().join("qpsg.db").display()),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(3),
+            sqlite_busy_timeout: Duration::from_secs(3),
+            lock_timeout: None,
+        })
+        .await
+        .unwrap();
+        let statement = Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT count(*) FROM pragma_compile_options WHERE compile_options = 'ENABLE_QPSG'",
+        );
+        let row = db.query_one_raw(statement).await.unwrap().unwrap();
+        assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 1);
+        db.close().await.unwrap();
+    }
+
     #[test]
     fn only_connections_idle_past_the_threshold_are_pinged_on_acquire() {
         let settings = DbSettings {
