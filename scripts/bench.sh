@@ -208,7 +208,7 @@ sqlite_results="$OUT/sqlite.jsonl"; : > "$sqlite_results"
 for op in get update create; do
   service=$(BENCH_OP=$op BENCH_CONCURRENCY=$CONCURRENCY BENCH_SECONDS=$SECONDS_PER_OP load)
   plain=$(python3 scripts/bench_sqlite.py run "$sq/bench.db" "$op" "$sq/$op.log" "$SECONDS_PER_OP" "$sws" "$scustomer")
-  python3 -c 'import json,sys; s,p=json.loads(sys.argv[1]),json.loads(sys.argv[2]); print(json.dumps({"op": s["op"], "service_rps": s["rps"], "service_p50_ms": s["p50_ms"], "service_p99_ms": s["p99_ms"], "service_errors": s["errors"], "sqlite3_ops_per_s": p["ops_per_s"], "statements_per_call": p["statements"], "ratio": round(s["rps"] / p["ops_per_s"], 3)}))' "$service" "$plain" >> "$sqlite_results"
+  python3 -c 'import json,sys; s,p=json.loads(sys.argv[1]),json.loads(sys.argv[2]); print(json.dumps({"op": s["op"], "service_rps": s["rps"], "service_p50_ms": s["p50_ms"], "service_p99_ms": s["p99_ms"], "service_errors": s["errors"], "sqlite3_ops_per_s": p["ops_per_s"], "statements_per_call": p["statements"], "transaction": p["transaction"], "ratio": round(s["rps"] / p["ops_per_s"], 3)}))' "$service" "$plain" >> "$sqlite_results"
   say "SQLite $op done"
 done
 

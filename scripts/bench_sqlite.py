@@ -48,19 +48,24 @@ def seed(path, rows):
 
 def statements(log_path):
     """The captured statements of one call, background work left out, and
-    whether the service ran them in a transaction."""
+    whether the service ran them in a transaction. One log line is one
+    exchange with the driver, which may hold several statements (SQLite's
+    writer takes `BEGIN IMMEDIATE; SELECT ...` at once); here each runs on
+    its own, as a plain client sends them."""
     out, transaction = [], False
     for line in open(log_path, encoding="utf-8", errors="replace"):
-        # sqlx logs a short statement as its summary alone.
-        if re.search(r'summary="BEGIN', line):
-            transaction = True
-            continue
+        # sqlx logs a long statement in full, a short one as its summary.
         m = re.search(r'db\.statement="(.*?)" rows_affected', line)
-        if not m:
-            continue
-        sql = m.group(1).encode().decode("unicode_escape").strip()
-        if re.search(r'"(conversations|customers|users|agents)"', sql):
-            out.append(sql)
+        text = m.group(1).encode().decode("unicode_escape").strip() if m else ""
+        if not text:
+            m = re.search(r'summary="(.*?)"', line)
+            text = m.group(1) if m else ""
+        # Every value is bound, so a `;` only separates two statements.
+        for sql in (part.strip() for part in text.split(";")):
+            if sql.startswith("BEGIN"):
+                transaction = True
+            elif re.search(r'"(conversations|customers|users|agents)"', sql):
+                out.append(sql)
     return out, transaction
 
 
@@ -122,7 +127,7 @@ def run(path, op, log_path, seconds, workspace, customer):
         if transaction:
             db.execute("COMMIT")
     elapsed = time.monotonic() - started
-    print(json.dumps({"op": op, "calls": n, "ops_per_s": round(n / elapsed, 1), "statements": len(calls)}))
+    print(json.dumps({"op": op, "calls": n, "ops_per_s": round(n / elapsed, 1), "statements": len(calls), "transaction": transaction}))
 
 
 if __name__ == "__main__":

@@ -98,23 +98,21 @@ pub async fn create(
     let insert = insert_for_customer(db.get_database_backend(), row)?;
     // Without lookups the INSERT is the whole write (a refused create has
     // returned by now, having opened no transaction).
-    let inserted = match &txn {
-        Some(txn) => super::hot::one_in(txn, insert).await,
+    let inserted = match txn {
+        Some(txn) => txn
+            .commit_with(insert)
+            .await
+            .map(|rows| rows.into_iter().next()),
         None => super::hot::write_alone(db, insert).await,
     };
     match inserted {
-        Ok(Some(row)) => {
-            if let Some(txn) = txn {
-                txn.commit().await?;
-            }
-            to_domain(row)
-        }
+        Ok(Some(row)) => to_domain(row),
         Ok(None) => Err(refusal(plan(false))),
         Err(err) => match &key {
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
+            // Our transaction ended with the failed INSERT.
             Some((request_id, fingerprint)) if is_unique_violation(&err) => {
-                drop(txn);
                 let existing = find_by_request_id(&**db, workspace_id, *request_id)
                     .await?
                     .ok_or_else(|| Error::Internal("request_id conflict without a row".into()))?;
@@ -188,10 +186,8 @@ pub async fn update(
     patch: &ConversationPatch,
     expected_etag: Option<&str>,
 ) -> Result<Conversation, Error> {
-    let txn = begin_direct_write(db).await?;
-    let row = super::hot::by_id_for_update(&txn, workspace_id, id)
-        .await?
-        .ok_or(Error::ConversationNotFound)?;
+    let (txn, row) = super::hot::begin_with_locked(db, workspace_id, id).await?;
+    let row = row.ok_or(Error::ConversationNotFound)?;
     let current = to_domain(row)?;
     if expected_etag.is_some_and(|etag| etag != current.etag()) {
         return Err(Error::EtagMismatch);
@@ -212,11 +208,9 @@ pub async fn update(
     let changes = changed_columns(&to_model(&current), to_model(&next));
     let write = update_returning(db.get_database_backend(), &current, changes);
     // The row is locked, so it is still there.
-    let row = super::hot::one_in(&txn, write)
-        .await?
-        .ok_or(Error::ConversationNotFound)?;
-    txn.commit().await?;
-    to_domain(row)
+    // The row is locked, so it is still there.
+    let row = txn.commit_with(write).await?.into_iter().next();
+    to_domain(row.ok_or(Error::ConversationNotFound)?)
 }
 
 /// `UPDATE conversations SET <changes> WHERE id = ... AND workspace_id = ...

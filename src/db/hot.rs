@@ -17,8 +17,8 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Statement, sqlx,
+    ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Statement, sqlx,
 };
 use uuid::Uuid;
 
@@ -117,20 +117,36 @@ pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model
     )
 }
 
-/// The conversation `id` of the workspace, locked for the rest of the write
-/// transaction `txn`.
-pub async fn by_id_for_update(
-    txn: &DirectTransaction,
+/// Opens a conversation's write transaction (see `db::begin_direct_write`)
+/// and reads the conversation `id` of the workspace, locked for the rest of
+/// it. On SQLite the BEGIN and the read go to the writer in one exchange.
+pub async fn begin_with_locked(
+    db: &Db,
     workspace_id: Uuid,
     id: Uuid,
-) -> Result<Option<Model>, DbErr> {
-    let backend = txn.get_database_backend();
+) -> Result<(DirectTransaction, Option<Model>), DbErr> {
+    let backend = db.get_database_backend();
     let statement = Statement::from_sql_and_values(
         backend,
         BY_ID_FOR_UPDATE.for_backend(backend),
         [id.into(), workspace_id.into(), 1_u64.into()],
     );
-    one_in(txn, statement).await
+    match &db.direct {
+        Direct::Sqlite {
+            write,
+            busy_timeout,
+            ..
+        } => {
+            let (txn, rows) =
+                DirectTransaction::begin_sqlite_with(write, *busy_timeout, statement).await?;
+            Ok((txn, rows.into_iter().next()))
+        }
+        Direct::Postgres(pool) => {
+            let txn = DirectTransaction::begin_postgres(pool).await?;
+            let row = one_in(&txn, statement).await?;
+            Ok((txn, row))
+        }
+    }
 }
 
 /// The workspace's `limit` newest conversations.

@@ -1,7 +1,7 @@
 //! Storage checks the API alone would not pin down.
 
 use conversation_service::{
-    db::{self, entity::conversation, hot},
+    db::{entity::conversation, hot},
     proto::v1 as pb,
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -56,14 +56,13 @@ async fn prebuilt_statements_decode_every_column_as_seaorm_does() {
         let found = hot::by_id(&app.db, app.a.id, id).await.unwrap();
         assert_eq!(found, Some(expected.clone()));
         assert_eq!(hot::by_id(&app.db, app.b.id, id).await.unwrap(), None);
-        let txn = db::begin_direct_write(&app.db).await.unwrap();
-        let locked = hot::by_id_for_update(&txn, app.a.id, id).await.unwrap();
-        assert_eq!(locked, Some(expected));
-        assert_eq!(
-            hot::by_id_for_update(&txn, app.b.id, id).await.unwrap(),
-            None
-        );
-        txn.commit().await.unwrap();
+        for (workspace, expected) in [(app.a.id, Some(expected)), (app.b.id, None)] {
+            let (txn, locked) = hot::begin_with_locked(&app.db, workspace, id)
+                .await
+                .unwrap();
+            assert_eq!(locked, expected);
+            txn.commit().await.unwrap();
+        }
     }
 
     let expected = conversation::Entity::find()
@@ -92,25 +91,15 @@ async fn a_commit_after_a_failed_statement_is_an_error() {
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
     let id = Uuid::parse_str(&created.id).unwrap();
-    let txn = db::begin_direct_write(&app.db).await.unwrap();
+    let (txn, row) = hot::begin_with_locked(&app.db, app.a.id, id).await.unwrap();
     if txn.get_database_backend() != DbBackend::Postgres {
         return;
     }
-    assert!(
-        hot::by_id_for_update(&txn, app.a.id, id)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(row.is_some());
     assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
     assert!(txn.commit().await.is_err(), "the COMMIT was refused");
     // The row lock went with the transaction.
-    let locked = db::begin_direct_write(&app.db).await.unwrap();
-    assert!(
-        hot::by_id_for_update(&locked, app.a.id, id)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let (locked, row) = hot::begin_with_locked(&app.db, app.a.id, id).await.unwrap();
+    assert!(row.is_some());
     locked.commit().await.unwrap();
 }
