@@ -1,8 +1,8 @@
 //! The statements of the hot paths, on direct connections (`db::direct`),
-//! without sqlx's ping after each use. Get and List read; the rows a write
-//! reads or returns (a create's INSERT, Update's locked read and UPDATE)
-//! come through [`one_in`], in a direct write transaction, or, for a plain
-//! create on SQLite, through [`write_alone`].
+//! without sqlx's ping after each use. Get and List read; Update's locked
+//! read opens its transaction ([`begin_with_locked`]); the rows a write
+//! returns come through `DirectTransaction::commit_with` (Update's UPDATE, a
+//! keyed create's INSERT) or [`write_alone`] (a plain create).
 //!
 //! Get's, the first page's and the locked read's SQL text is built once per
 //! backend with sea-query (the very text SeaORM would send); other pages and
