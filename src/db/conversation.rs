@@ -111,7 +111,7 @@ pub async fn create(
         Err(err) => match &key {
             // Another replica committed the same request_id between our
             // lookup and our insert: answer as a retry would be answered.
-            // Our transaction ended with the failed INSERT.
+            // Our transaction is given up (its connection is closed).
             Some((request_id, fingerprint)) if is_unique_violation(&err) => {
                 let existing = find_by_request_id(&**db, workspace_id, *request_id)
                     .await?
@@ -207,7 +207,6 @@ pub async fn update(
 
     let changes = changed_columns(&to_model(&current), to_model(&next));
     let write = update_returning(db.get_database_backend(), &current, changes);
-    // The row is locked, so it is still there.
     // The row is locked, so it is still there.
     let row = txn.commit_with(write).await?.into_iter().next();
     to_domain(row.ok_or(Error::ConversationNotFound)?)

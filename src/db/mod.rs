@@ -62,7 +62,8 @@ pub struct DbSettings {
 /// rows, so there the writer is the same pool.
 ///
 /// It dereferences to the read pool. Write transactions start with
-/// [`begin_write`], or, for conversations, [`begin_direct_write`]. The hot
+/// [`begin_write`], or, for conversations, [`begin_direct_write`] (an
+/// update's with its locked read, `hot::begin_with_locked`). The hot
 /// statements (`db::hot`) and conversations' write transactions run on
 /// connections of their own, which are not pinged after each use (see
 /// `db::direct`).

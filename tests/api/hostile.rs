@@ -469,37 +469,57 @@ async fn lock_writes(app: &TestApp) -> sea_orm::DatabaseTransaction {
 /// A write that finds the database locked by another process waits for it,
 /// within the busy timeout, and then succeeds: on SQLite (its write lock)
 /// both the create and the update wait; on PostgreSQL (the customer's row)
-/// the create does.
+/// the create does. Each runs alone, so each meets the lock itself (on
+/// SQLite a second write would wait for the writer connection instead).
 #[tokio::test]
 async fn writes_wait_out_another_process_lock() {
+    use sea_orm::DbBackend;
+
     let app = TestApp::spawn().await;
     let created = app.create_email().await;
-    let lock = lock_writes(&app).await;
-    let renamed = pb::Conversation {
-        subject: Some("after the lock".into()),
-        ..with_id(&created.id)
-    };
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        lock.commit().await.unwrap();
-    };
-    let started = std::time::Instant::now();
-    let (create, update, ()) = tokio::join!(
-        async {
-            let created = app.create(&app.a.token, email(&app.a)).await;
-            (created, started.elapsed())
-        },
-        app.update(&app.a.token, renamed, Some(&["subject"])),
-        release,
-    );
-    let (create, waited) = create;
+
+    let (create, waited) = while_locked(&app, app.create(&app.a.token, email(&app.a))).await;
     create.expect("the create waited for the lock");
     assert!(
         waited >= Duration::from_millis(250),
         "the create did not wait: {waited:?}"
     );
+
+    // On SQLite the update's BEGIN IMMEDIATE, sent with its locked read, is
+    // refused as busy and tried again.
+    let renamed = pb::Conversation {
+        subject: Some("after the lock".into()),
+        ..with_id(&created.id)
+    };
+    let (update, waited) =
+        while_locked(&app, app.update(&app.a.token, renamed, Some(&["subject"]))).await;
     let updated = update.expect("the update waited for the lock");
     assert_eq!(updated.subject.as_deref(), Some("after the lock"));
+    if app.db.get_database_backend() == DbBackend::Sqlite {
+        assert!(
+            waited >= Duration::from_millis(250),
+            "the update did not wait: {waited:?}"
+        );
+    }
+}
+
+/// Runs `write` while another connection holds the write lock
+/// (`lock_writes`) for 300 ms; returns its result and how long it took.
+async fn while_locked<T>(app: &TestApp, write: impl Future<Output = T>) -> (T, Duration) {
+    let lock = lock_writes(app).await;
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.commit().await.unwrap();
+    };
+    let started = std::time::Instant::now();
+    let (done, ()) = tokio::join!(
+        async {
+            let result = write.await;
+            (result, started.elapsed())
+        },
+        release
+    );
+    done
 }
 
 /// A server whose calls may run for `request_timeout` at most.

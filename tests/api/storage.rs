@@ -103,3 +103,35 @@ async fn a_commit_after_a_failed_statement_is_an_error() {
     assert!(row.is_some());
     locked.commit().await.unwrap();
 }
+
+/// `commit_with` refuses too: after a failed statement, the last
+/// statement's COMMIT must not make the writes before the failure hold. On
+/// SQLite, which keeps a transaction going after a failed statement, the
+/// refusal is the direct transaction's own; PostgreSQL refuses the last
+/// statement itself.
+#[tokio::test]
+async fn a_last_statement_after_a_failed_one_does_not_commit() {
+    use sea_orm::{ConnectionTrait, QueryTrait, sea_query::Expr};
+
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let id = Uuid::parse_str(&created.id).unwrap();
+    let (txn, row) = hot::begin_with_locked(&app.db, app.a.id, id).await.unwrap();
+    assert!(row.is_some());
+    let backend = txn.get_database_backend();
+    let rename = conversation::Entity::update_many()
+        .col_expr(conversation::Column::Subject, Expr::value("not kept"))
+        .filter(conversation::Column::Id.eq(id))
+        .build(backend);
+    txn.execute_raw(rename).await.unwrap();
+    assert!(
+        txn.execute_unprepared("SELECT * FROM no_such_table")
+            .await
+            .is_err()
+    );
+    let last = conversation::Entity::find_by_id(id).build(backend);
+    assert!(txn.commit_with(last).await.is_err(), "refused");
+
+    let row = hot::by_id(&app.db, app.a.id, id).await.unwrap().unwrap();
+    assert_eq!(row.subject, created.subject);
+}

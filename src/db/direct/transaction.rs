@@ -166,13 +166,21 @@ impl DirectTransaction {
             sql: format!("BEGIN IMMEDIATE; {}", first.sql),
             ..first
         };
-        // A busy answer can only come from the BEGIN (the statement after it
-        // runs under the write lock), so the statement has not run.
-        let rows = while_busy!(
-            busy_timeout,
-            lease,
-            bound(both.clone()).fetch_all(&mut *lease).await
-        )
+        let rows = while_busy!(busy_timeout, lease, {
+            match bound(both.clone()).fetch_all(&mut *lease).await {
+                // In WAL mode only the BEGIN can be busy: it takes the
+                // snapshot and the write lock, and `first` then runs under
+                // them. `while_busy!` reuses a connection after a busy
+                // answer, so should `first` ever be the one refused, this
+                // ends the transaction BEGIN opened. After a busy BEGIN
+                // there is none, and SQLite says so.
+                Err(busy) if is_sqlite_busy(&busy) => match lease.execute("ROLLBACK").await {
+                    Err(err) if !no_transaction(&err) => Err(err),
+                    _ => Err(busy),
+                },
+                result => result,
+            }
+        })
         .map_err(query_err)?;
         let models = rows.iter().map(model).collect::<Result<_, _>>()?;
         let txn = Self::begun(
@@ -217,7 +225,8 @@ impl DirectTransaction {
     /// Runs `last`, which returns `Entity::find()`'s columns, then commits;
     /// returns `last`'s rows, decoded by position. On SQLite the two go to
     /// the connection in one exchange (one hand-over to sqlx's worker
-    /// thread), on PostgreSQL one after the other.
+    /// thread), on PostgreSQL one after the other. The rows are decoded
+    /// after the COMMIT, so a decoding error comes after a write that holds.
     pub async fn commit_with(mut self, last: Statement) -> Result<Vec<Model>, DbErr> {
         let mut lease = match self.conn.get_mut().take() {
             Some(WriteLease::Sqlite(lease)) => lease,
@@ -236,6 +245,9 @@ impl DirectTransaction {
             sql: format!("{}; COMMIT", last.sql),
             ..last
         };
+        // `fetch_all`: sqlx's worker runs every statement of the text only
+        // when asked for all rows (`fetch_optional` stops at the first row,
+        // and the COMMIT would not run).
         let rows = bound(both)
             .fetch_all(&mut *lease)
             .await
@@ -254,6 +266,12 @@ impl DirectTransaction {
             rows.iter().map(model).collect()
         })
     }
+}
+
+/// Whether `err` is SQLite refusing a ROLLBACK with no transaction open.
+fn no_transaction(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|err| err.message().contains("no transaction is active"))
 }
 
 fn refused_commit() -> DbErr {
