@@ -44,7 +44,7 @@ pub fn exporting() -> bool {
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Telemetry {
-    /// Sends the spans still buffered, waiting at most [`FLUSH_TIMEOUT`].
+    /// Sends the spans still buffered, waiting at most `FLUSH_TIMEOUT` (2 s).
     /// Call before the process exits.
     pub async fn shutdown(self) {
         let Some(provider) = self.traces else {

@@ -11,8 +11,8 @@
 //!   end without error ([`Lease::settle`]); one whose call was cancelled or
 //!   failed midway is closed as its lease drops, never reused in an unknown
 //!   state, and never left holding a transaction's locks;
-//! - one not handed out for longer than [`PING_IF_IDLE_FOR`] is pinged
-//!   before it is, as the main pool does (see `db::options`);
+//! - one not handed out for longer than `db::PING_IF_IDLE_FOR` (a second)
+//!   is pinged before it is, as the main pool does (see `db::options`);
 //! - one older than [`MAX_LIFETIME`] is replaced, and one unused for
 //!   [`IDLE_TIMEOUT`] closed, as sqlx's defaults do.
 //!
