@@ -128,7 +128,6 @@ impl DirectTransaction {
         lease.execute("BEGIN").await.map_err(exec_err)?;
         Ok(Self::begun(
             WriteLease::Postgres(lease),
-            DbBackend::Postgres,
             pool.acquire_timeout,
         ))
     }
@@ -144,11 +143,7 @@ impl DirectTransaction {
         let mut lease = pool.get().await?;
         while_busy!(busy_timeout, lease, lease.execute("BEGIN IMMEDIATE").await)
             .map_err(exec_err)?;
-        Ok(Self::begun(
-            WriteLease::Sqlite(lease),
-            DbBackend::Sqlite,
-            pool.acquire_timeout,
-        ))
+        Ok(Self::begun(WriteLease::Sqlite(lease), pool.acquire_timeout))
     }
 
     /// As [`begin_sqlite`](Self::begin_sqlite), with `first`, a statement
@@ -183,16 +178,16 @@ impl DirectTransaction {
         })
         .map_err(query_err)?;
         let models = rows.iter().map(model).collect::<Result<_, _>>()?;
-        let txn = Self::begun(
-            WriteLease::Sqlite(lease),
-            DbBackend::Sqlite,
-            pool.acquire_timeout,
-        );
+        let txn = Self::begun(WriteLease::Sqlite(lease), pool.acquire_timeout);
         Ok((txn, models))
     }
 
     /// The transaction `lease`'s BEGIN has opened.
-    fn begun(mut lease: WriteLease, backend: DbBackend, rollback_timeout: Duration) -> Self {
+    fn begun(mut lease: WriteLease, rollback_timeout: Duration) -> Self {
+        let backend = match lease {
+            WriteLease::Postgres(_) => DbBackend::Postgres,
+            WriteLease::Sqlite(_) => DbBackend::Sqlite,
+        };
         on_lease!(&mut lease, conn => {
             conn.state().in_transaction = true;
             conn.settle();
