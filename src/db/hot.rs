@@ -5,8 +5,9 @@
 //! keyed create's INSERT) or [`write_alone`] (a plain create).
 //!
 //! Get's, the first page's and the locked read's SQL text is built once per
-//! backend with sea-query (the very text SeaORM would send); other pages and
-//! the writes are built by SeaORM per call and bound as SeaORM binds them.
+//! backend with sea-query (the very text SeaORM would send), as is a
+//! create's INSERT (`db::conversation`); other pages and Update's UPDATE are
+//! built by SeaORM per call and bound as SeaORM binds them.
 //! Either way sqlx prepares a text once per connection and caches the
 //! prepared statement. Rows from direct connections are decoded by column
 //! position into the entity model, skipping SeaORM's generic per-column
@@ -206,9 +207,7 @@ pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>,
         }
         Direct::Postgres(pool) => {
             let txn = DirectTransaction::begin_postgres(pool).await?;
-            let row = one_in(&txn, statement).await?;
-            txn.commit().await?;
-            Ok(row)
+            Ok(txn.commit_with(statement).await?.into_iter().next())
         }
     }
 }
