@@ -9,9 +9,11 @@ complete call (BEGIN to COMMIT, or its one statement) becomes the script:
 the first ones may be the load generator's setup (reading an etag, walking
 to page 1,000). Parameters are inlined as literals except those that must
 vary per call:
-parameters are inlined as literals except those that must vary per call:
 the row id of Get (a random seeded row: md5(n)), the caller's own row in
 Update (md5(client_id + 1)), and the new id of Create (gen_random_uuid()).
+An update is a read, then an UPDATE over the version read: the read's
+columns are kept with \gset, and the UPDATE writes over r_version, as the
+service does with the version it read.
 
 Usage: bench_sql.py LOG_SEGMENT OUT_DIR ROWS WORKSPACE_ID
 Prints a JSON summary: per operation, the statements (with $n placeholders).
@@ -77,7 +79,23 @@ def last_call(statements):
             calls.append([(sql, params)])
     if not calls:
         raise SystemExit("no complete call captured")
+    # An update's UPDATE, alone, belongs with the read before it.
+    last = calls[-1]
+    if len(calls) > 1 and len(last) == 1 and last[0][0].upper().startswith("UPDATE"):
+        before = calls[-2]
+        if len(before) == 1 and before[0][0].upper().startswith("SELECT"):
+            return before + last
     return calls[-1]
+
+
+def version_params(sql):
+    """The UPDATE's `"version" = $n` parameters: the one it sets and the
+    ones of its condition (the version it read)."""
+    where = sql.upper().find(" WHERE ")
+    sets, reads = [], []
+    for m in re.finditer(r'"version" = \$(\d+)', sql):
+        (sets if m.start() < where else reads).append(int(m.group(1)))
+    return sets, reads
 
 
 def inline(op, sql, params, own_row):
@@ -88,6 +106,16 @@ def inline(op, sql, params, own_row):
         if op == "update" and v.strip("'") == own_row:
             return "md5((:client_id + 1)::text)::uuid"
         return v
+    if op == "update" and sql.upper().startswith("UPDATE"):
+        sets, reads = version_params(sql)
+        if reads:
+            def update_value(n):
+                if n in sets:
+                    return ":next_version"
+                if n in reads:
+                    return ":r_version"
+                return value(n)
+            return re.sub(r"\$(\d+)\b", lambda m: update_value(int(m.group(1))), sql)
     if op == "create" and sql.upper().startswith("INSERT"):
         # The new conversation's id is the first column of the INSERT.
         first_param = min(params) if params else None
@@ -108,8 +136,15 @@ for op, statements in calls.items():
     script = []
     if op == "get":
         script.append(f"\\set n random(1, {rows})")
+    reads_version = op == "update" and any(version_params(sql)[1] for sql, _ in call)
     for sql, params in call:
-        script.append(inline(op, sql, params, own_row) + ";")
+        text = inline(op, sql, params, own_row)
+        if reads_version and sql.upper().startswith("SELECT"):
+            # The row read, as variables r_<column>.
+            script.append(text + " \\gset r_")
+            script.append("\\set next_version :r_version + 1")
+        else:
+            script.append(text + ";")
     with open(f"{out_dir}/{op}.sql", "w") as f:
         f.write("\n".join(script) + "\n")
     summary[op] = {"statements": [sql for sql, _ in call], "count": len(call)}

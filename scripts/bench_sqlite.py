@@ -3,8 +3,10 @@
 the statements the service sent (captured from its log with
 LOG_FILTER=sqlx::query=trace), one call at a time on one connection, in WAL
 mode with the service's pragmas. A call whose statements the service sent
-between BEGIN IMMEDIATE and COMMIT (Update) runs in such a transaction here
-too; one it sent alone (a plain Create's INSERT) runs in autocommit.
+between BEGIN IMMEDIATE and COMMIT (a keyed create; an update that found
+its row changed) would run in such a transaction here too; statements it
+sent alone (a plain Create's INSERT; Update's read, then its UPDATE over
+the version read) run in autocommit.
 
 Usage: bench_sqlite.py seed DB ROWS
        bench_sqlite.py run DB OP CAPTURED_LOG SECONDS WORKSPACE CUSTOMER
@@ -50,8 +52,8 @@ def statements(log_path):
     """The captured statements of one call, background work left out, and
     whether the service ran them in a transaction. One log line is one
     exchange with the driver, which may hold several statements (SQLite's
-    writer takes `BEGIN IMMEDIATE; SELECT ...` at once); here each runs on
-    its own, as a plain client sends them."""
+    writer takes `BEGIN IMMEDIATE; SELECT ...` at once in a transaction);
+    here each runs on its own, as a plain client sends them."""
     out, transaction = [], False
     for line in open(log_path, encoding="utf-8", errors="replace"):
         # sqlx logs a long statement in full, a short one as its summary.
@@ -69,8 +71,10 @@ def statements(log_path):
     return out, transaction
 
 
-def params(sql, values):
-    """A value for each `?`, by the column it is compared with or inserted into."""
+def params(sql, values, read=None):
+    """A value for each `?`, by the column it is compared with or inserted
+    into; in an UPDATE's condition, `read` (the row read before it) gives
+    the version it writes over."""
     if sql.upper().startswith("INSERT"):
         # INSERT INTO t (cols) VALUES (...), or INSERT INTO t (cols) SELECT
         # ... WHERE EXISTS (customer id, workspace id): the create's form.
@@ -81,9 +85,14 @@ def params(sql, values):
         if len(found) != sql.count("?"):
             raise SystemExit(f"cannot map the parameters of: {sql[:120]}")
         return found
-    found = []
+    found, where = [], sql.upper().find(" WHERE ")
     for m in re.finditer(r'"(\w+)"\s*(?:=|<>|<|>|<=|>=)\s*\?|(LIMIT)\s*\?', sql):
-        found.append(values["__limit"] if m.group(2) else values[m.group(1)])
+        if m.group(2):
+            found.append(values["__limit"])
+        elif read is not None and m.group(1) == "version" and m.start() > where:
+            found.append(read["version"])
+        else:
+            found.append(values[m.group(1)])
     if len(found) != sql.count("?"):
         raise SystemExit(f"cannot map the parameters of: {sql[:120]}")
     return found
@@ -119,11 +128,18 @@ def run(path, op, log_path, seconds, workspace, customer):
             values["customer_id"] = cust
         if transaction:
             db.execute("BEGIN IMMEDIATE")
+        read = None
         for sql in calls:
             if sql.startswith("SELECT COUNT(*)") and '"customers"' in sql:
                 db.execute(sql, [cust, ws]).fetchall()
+            elif sql.upper().startswith("SELECT"):
+                found = db.execute(sql, params(sql, values)).fetchall()
+                read = found[0] if found else None
             else:
-                db.execute(sql, params(sql, values)).fetchall()
+                if read is not None and sql.upper().startswith("UPDATE"):
+                    # Over the version read, as the service writes.
+                    values["version"] = read["version"] + 1
+                db.execute(sql, params(sql, values, read)).fetchall()
         if transaction:
             db.execute("COMMIT")
     elapsed = time.monotonic() - started

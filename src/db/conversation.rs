@@ -1,10 +1,12 @@
 //! Create, update and get conversations.
 //!
-//! An update reads the row under a write lock (`FOR UPDATE` on PostgreSQL,
-//! `BEGIN IMMEDIATE` on SQLite), lets the domain rules compute the result,
-//! and writes back only the columns whose values changed: a subset of the
-//! masked fields and the columns the rules derive from them. Two updates of
-//! different fields therefore never overwrite each other.
+//! An update reads the row, lets the domain rules compute the result, and
+//! writes back only the columns whose values changed (a subset of the
+//! masked fields and the columns the rules derive from them), and only over
+//! the version it read: should another write come first, it reads the row
+//! again under a write lock (`FOR UPDATE` on PostgreSQL, `BEGIN IMMEDIATE`
+//! on SQLite) and computes the result again. Two updates of different
+//! fields therefore never overwrite each other.
 
 use std::sync::LazyLock;
 
@@ -12,7 +14,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set, Unchanged},
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Iterable, ModelTrait, QueryFilter,
     QueryTrait, Statement,
-    sea_query::{Expr, InsertStatement, Query},
+    sea_query::{Expr, InsertStatement, LockBehavior, LockType, Query},
 };
 use uuid::Uuid;
 
@@ -216,6 +218,13 @@ fn replay(existing: Model, fingerprint: &str) -> Result<Conversation, Error> {
 
 /// Applies `patch` to a conversation of the workspace. A non-empty
 /// `expected_etag` that differs from the stored one aborts without writing.
+///
+/// The first attempt reads the row as Get does, without a lock, and writes
+/// only if the row is still the version it read and no other writer holds
+/// it (`WriteIf::Unchanged`): a read and a write, in autocommit. Should
+/// another write have come between them, or hold the row, the update starts
+/// again under the row's write lock and waits for it there, inside a
+/// transaction its deadline can still abandon.
 pub async fn update(
     db: &Db,
     workspace_id: Uuid,
@@ -223,40 +232,100 @@ pub async fn update(
     patch: &ConversationPatch,
     expected_etag: Option<&str>,
 ) -> Result<Conversation, Error> {
-    let (txn, row) = super::hot::begin_with_locked(db, workspace_id, id).await?;
-    let row = row.ok_or(Error::ConversationNotFound)?;
-    let current = to_domain(row)?;
-    if expected_etag.is_some_and(|etag| etag != current.etag()) {
-        return Err(Error::EtagMismatch);
-    }
-    let assignee = match patch.assignee_to_check(&current) {
-        Some(assignee_id) => Some(directory::entry(&txn, workspace_id, assignee_id).await?),
-        None => None,
+    let backend = db.get_database_backend();
+    let row = super::hot::by_id(db, workspace_id, id).await?;
+    let read = to_domain(row.ok_or(Error::ConversationNotFound)?)?;
+    let Some(changes) = plan_changes(&**db, &read, patch, expected_etag).await? else {
+        return Ok(read);
     };
-    let now = time::now();
-    let mut next = patch.apply(&current, assignee, now)?;
-    if next == current {
-        // Nothing changes: updated_at and the etag stay as they were.
-        return Ok(current);
+    let write = update_returning(backend, &read, changes, WriteIf::Unchanged);
+    if let Some(row) = super::hot::write_without_waiting(db, write).await? {
+        return to_domain(row);
     }
-    next.version = current.version + 1;
-    next.updated_at = now;
 
-    let changes = changed_columns(&to_model(&current), to_model(&next));
-    let write = update_returning(db.get_database_backend(), &current, changes);
+    let (txn, row) = super::hot::begin_with_locked(db, workspace_id, id).await?;
+    let locked = to_domain(row.ok_or(Error::ConversationNotFound)?)?;
+    let Some(changes) = plan_changes(&txn, &locked, patch, expected_etag).await? else {
+        return Ok(locked);
+    };
+    let write = update_returning(backend, &locked, changes, WriteIf::Locked);
     // The row is locked, so it is still there.
     let row = txn.commit_with(write).await?.into_iter().next();
     to_domain(row.ok_or(Error::ConversationNotFound)?)
 }
 
+/// Checks the etag precondition and the rules against `current`, and
+/// returns the columns an update must write over it, or `None` when nothing
+/// changes (`updated_at` and the etag then stay as they were). `conn` looks
+/// up a newly named assignee.
+async fn plan_changes(
+    conn: &impl ConnectionTrait,
+    current: &Conversation,
+    patch: &ConversationPatch,
+    expected_etag: Option<&str>,
+) -> Result<Option<ActiveModel>, Error> {
+    if expected_etag.is_some_and(|etag| etag != current.etag()) {
+        return Err(Error::EtagMismatch);
+    }
+    let assignee = match patch.assignee_to_check(current) {
+        Some(assignee_id) => Some(directory::entry(conn, current.workspace_id, assignee_id).await?),
+        None => None,
+    };
+    let now = time::now();
+    let mut next = patch.apply(current, assignee, now)?;
+    if next == *current {
+        return Ok(None);
+    }
+    next.version = current.version + 1;
+    next.updated_at = now;
+    Ok(Some(changed_columns(&to_model(current), to_model(&next))))
+}
+
+/// The condition under which an update's UPDATE writes.
+#[derive(Clone, Copy, Debug)]
+enum WriteIf {
+    /// Always: its transaction holds the row's write lock.
+    Locked,
+    /// Only while the row is the version the update read, and, on
+    /// PostgreSQL, no other transaction holds it (`FOR UPDATE SKIP LOCKED`).
+    /// Either way it matches no row rather than wait for a lock: alone, in
+    /// autocommit, a statement still waiting when its call is cut off would
+    /// commit after the caller was told DEADLINE_EXCEEDED. (SQLite's writer
+    /// never waits inside a statement: see `db::direct::transaction`.)
+    Unchanged,
+}
+
 /// `UPDATE conversations SET <changes> WHERE id = ... AND workspace_id = ...
-/// RETURNING <Entity::find()'s columns, in order>`.
-fn update_returning(backend: DbBackend, current: &Conversation, changes: ActiveModel) -> Statement {
-    let mut update = Entity::update_many()
-        .set(changes)
-        .filter(Column::Id.eq(current.id))
-        .filter(Column::WorkspaceId.eq(current.workspace_id))
-        .into_query();
+/// [AND <the condition of `write_if`>] RETURNING <Entity::find()'s columns,
+/// in order>`.
+fn update_returning(
+    backend: DbBackend,
+    current: &Conversation,
+    changes: ActiveModel,
+    write_if: WriteIf,
+) -> Statement {
+    // The row, and for `WriteIf::Unchanged` the version read.
+    let mut conditions = vec![
+        Column::Id.eq(current.id),
+        Column::WorkspaceId.eq(current.workspace_id),
+    ];
+    if let WriteIf::Unchanged = write_if {
+        conditions.push(Column::Version.eq(current.version));
+    }
+    let mut update = Entity::update_many().set(changes);
+    for condition in &conditions {
+        update = update.filter(condition.clone());
+    }
+    if let (WriteIf::Unchanged, DbBackend::Postgres) = (write_if, backend) {
+        let mut unheld = Query::select();
+        unheld.column(Column::Id).from(Entity);
+        for condition in conditions {
+            unheld.and_where(condition);
+        }
+        unheld.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        update = update.filter(Column::Id.in_subquery(unheld));
+    }
+    let mut update = update.into_query();
     update.returning(Query::returning().columns(Column::iter()));
     backend.build(&update)
 }

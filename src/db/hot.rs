@@ -1,8 +1,11 @@
 //! The statements of the hot paths, on direct connections (`db::direct`),
-//! without sqlx's ping after each use. Get and List read; Update's locked
-//! read opens its transaction ([`begin_with_locked`]); the rows a write
-//! returns come through `DirectTransaction::commit_with` (Update's UPDATE, a
-//! keyed create's INSERT) or [`write_alone`] (a plain create).
+//! without sqlx's ping after each use. Get, List and an update's first read
+//! are plain reads. The update's UPDATE, over the version it read, runs
+//! alone ([`write_without_waiting`]); should it find the row changed, the
+//! locked read opens a transaction ([`begin_with_locked`]). The rows a write
+//! returns come through `DirectTransaction::commit_with` (the locked
+//! update's UPDATE, a keyed create's INSERT), [`write_alone`] (a plain
+//! create) or [`write_without_waiting`].
 //!
 //! Get's, the first page's and the locked read's SQL text is built once per
 //! backend with sea-query (the very text SeaORM would send), as is a
@@ -196,6 +199,20 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
 ///   cut off, and commits after the caller was told DEADLINE_EXCEEDED.
 pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
+        Direct::Postgres(pool) => {
+            let txn = DirectTransaction::begin_postgres(pool).await?;
+            Ok(txn.commit_with(statement).await?.into_iter().next())
+        }
+        Direct::Sqlite { .. } => write_without_waiting(db, statement).await,
+    }
+}
+
+/// As [`write_alone`], for a statement that cannot wait for a lock on
+/// PostgreSQL (Update's `FOR UPDATE SKIP LOCKED`, see
+/// `db::conversation::update`): there it runs alone too, in autocommit,
+/// without the BEGIN and COMMIT around it.
+pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
+    match &db.direct {
         Direct::Sqlite {
             write,
             busy_timeout,
@@ -205,10 +222,7 @@ pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>,
             let rows = write.write_alone(statement, *busy_timeout).await?;
             rows.first().map(model).transpose()
         }
-        Direct::Postgres(pool) => {
-            let txn = DirectTransaction::begin_postgres(pool).await?;
-            Ok(txn.commit_with(statement).await?.into_iter().next())
-        }
+        Direct::Postgres(pool) => Ok(fetch_models!(pool, statement)?.into_iter().next()),
     }
 }
 

@@ -485,8 +485,8 @@ async fn writes_wait_out_another_process_lock() {
         "the create did not wait: {waited:?}"
     );
 
-    // On SQLite the update's BEGIN IMMEDIATE, sent with its locked read, is
-    // refused as busy and tried again.
+    // On SQLite the update's UPDATE (after a read, which WAL lets through)
+    // is refused as busy and tried again.
     let renamed = pb::Conversation {
         subject: Some("after the lock".into()),
         ..with_id(&created.id)

@@ -275,8 +275,9 @@ async fn each_rpc_makes_the_fewest_round_trips() {
     client.list_conversations(request).await.unwrap();
     assert_statements(backend, "list", &sent(&list), 1, 1, &[]);
 
-    // An update with an etag: the locked read and the UPDATE ... RETURNING,
-    // with no read after the write.
+    // An update with an etag: a read and an UPDATE ... RETURNING that
+    // writes only over the version read, with no read after the write and no
+    // transaction around them (see `db::conversation::update`).
     let (request, update) = tagged(
         token,
         pb::UpdateConversationRequest {
@@ -292,19 +293,65 @@ async fn each_rpc_makes_the_fewest_round_trips() {
         },
     );
     client.update_conversation(request).await.unwrap();
-    // On a direct connection: BEGIN and COMMIT are both logged. SQLite's
-    // writer takes BEGIN IMMEDIATE with the locked read, and the UPDATE with
-    // COMMIT: two hand-overs to its worker thread, while every other write
-    // waits for the writer.
-    assert_statements(
-        backend,
-        "update",
-        &sent(&update),
-        match backend {
-            DbBackend::Postgres => 4,
-            _ => 2,
-        },
-        2,
-        &["BEGIN", "COMMIT"],
+    let sent_update = sent(&update);
+    assert_statements(backend, "update", &sent_update, 2, 2, &[]);
+    let write = sent_update.last().unwrap();
+    let condition = write.split_once(" WHERE ").map_or("", |(_, after)| after);
+    assert!(
+        write.starts_with("UPDATE") && condition.contains(r#""version" = "#),
+        "the UPDATE writes only over the version read: {write}"
     );
+    if backend == DbBackend::Postgres {
+        assert!(
+            write.contains("FOR UPDATE SKIP LOCKED"),
+            "the UPDATE does not wait for a held row: {write}"
+        );
+    }
+
+    // An update of a row another transaction holds (PostgreSQL's row locks):
+    // its UPDATE matches nothing rather than wait, and it starts again in a
+    // transaction, under the lock, which it waits for there.
+    if backend == DbBackend::Postgres {
+        let lock = lock_row(&app, &created.id).await;
+        let (request, held) = tagged(
+            token,
+            pb::UpdateConversationRequest {
+                conversation: Some(pb::Conversation {
+                    subject: Some("After the lock".into()),
+                    ..with_id(&created.id)
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["subject".into()],
+                }),
+            },
+        );
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            lock.commit().await.unwrap();
+        };
+        let (updated, ()) = tokio::join!(client.update_conversation(request), release);
+        let updated = updated.unwrap().into_inner().conversation.unwrap();
+        assert_eq!(updated.subject.as_deref(), Some("After the lock"));
+        let sent_held = sent(&held);
+        let kinds: Vec<&str> = sent_held
+            .iter()
+            .map(|s| match s.split_whitespace().next() {
+                Some("SELECT") if s.ends_with("FOR UPDATE") => "SELECT … FOR UPDATE",
+                Some(first) => first,
+                None => "",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "SELECT",
+                "UPDATE",
+                "BEGIN",
+                "SELECT … FOR UPDATE",
+                "UPDATE",
+                "COMMIT"
+            ],
+            "update of a held row: {sent_held:?}"
+        );
+    }
 }
