@@ -19,7 +19,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entity::conversation::{ActiveModel, Column, Entity, Model};
-use super::entity::customer;
+use super::entity::{customer, workspace};
 use super::{Db, begin_direct_write, directory, error::is_unique_violation};
 use crate::domain::{
     AssigneeType, Channel, Conversation, ConversationFields, ConversationPatch, NewConversation,
@@ -99,15 +99,28 @@ pub async fn create(
     row.request_id = request_id;
     row.request_fingerprint = key.as_ref().map(|(_, fingerprint)| fingerprint.clone());
 
-    let insert = insert_for_customer(db.get_database_backend(), row);
+    let backend = db.get_database_backend();
     // Without lookups the INSERT is the whole write (a refused create has
     // returned by now, having opened no transaction).
     let inserted = match txn {
         Some(txn) => txn
-            .commit_with(insert)
+            .commit_with(insert_for_customer(backend, &row, OnHeld::Wait))
             .await
             .map(|rows| rows.into_iter().next()),
-        None => super::hot::write_alone(db, insert).await,
+        // Alone, in autocommit, it must not wait for a lock (see `OnHeld`).
+        // On PostgreSQL no row means a customer missing or held: the INSERT
+        // runs again in a transaction, which may wait.
+        None => match super::hot::write_without_waiting(
+            db,
+            insert_for_customer(backend, &row, OnHeld::Skip),
+        )
+        .await
+        {
+            Ok(None) if backend == DbBackend::Postgres => {
+                super::hot::write_alone(db, insert_for_customer(backend, &row, OnHeld::Wait)).await
+            }
+            inserted => inserted,
+        },
     };
     match inserted {
         Ok(Some(row)) => to_domain(row),
@@ -135,39 +148,60 @@ fn refusal(plan: Result<Conversation, Violations>) -> Error {
     )
 }
 
+/// What a create's INSERT does about a row another transaction holds: the
+/// customer's, which its foreign key check share-locks, or the workspace's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OnHeld {
+    /// Waits for it: in a transaction, which its call's deadline can still
+    /// abandon before COMMIT.
+    Wait,
+    /// Inserts nothing instead (`FOR KEY SHARE SKIP LOCKED` on PostgreSQL):
+    /// alone, in autocommit, an INSERT still waiting when its call is cut
+    /// off would commit after the caller was told DEADLINE_EXCEEDED.
+    /// (SQLite has no row locks, and its writer never waits inside a
+    /// statement: the text is the same as `Wait`'s.)
+    Skip,
+}
+
 /// The statement that inserts `row` if its customer is in its workspace:
 /// `INSERT INTO conversations (...) SELECT $1, ... WHERE EXISTS (SELECT 1
 /// FROM customers WHERE id = ... AND workspace_id = ...) RETURNING ...`,
 /// one statement instead of two. It returns no row when the customer is not
-/// there; the row it returns has `Entity::find()`'s columns, in order.
+/// there (or, with [`OnHeld::Skip`], held); the row it returns has
+/// `Entity::find()`'s columns, in order.
 ///
 /// Every value is a placeholder, so the text is the same for every row and
 /// is built once per backend; building it with sea-query on each call was
 /// a quarter of a create's instructions. The values are bound in the order
 /// the builder would put them: the columns, then the customer's id and
-/// workspace id.
-fn insert_for_customer(backend: DbBackend, row: Model) -> Statement {
-    static SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
-        let shape = || {
+/// workspace id (and, to skip held rows, the workspace id again).
+fn insert_for_customer(backend: DbBackend, row: &Model, on_held: OnHeld) -> Statement {
+    static SQL: LazyLock<[String; 3]> = LazyLock::new(|| {
+        let shape = |on_held| {
             insert_query(
                 Column::iter().map(|_| sea_orm::Value::Bool(None)),
                 Uuid::nil(),
                 Uuid::nil(),
+                on_held,
             )
         };
         [
-            DbBackend::Postgres.build(&shape()).sql,
-            DbBackend::Sqlite.build(&shape()).sql,
+            DbBackend::Postgres.build(&shape(OnHeld::Wait)).sql,
+            DbBackend::Postgres.build(&shape(OnHeld::Skip)).sql,
+            DbBackend::Sqlite.build(&shape(OnHeld::Wait)).sql,
         ]
     });
+    let skips = backend == DbBackend::Postgres && on_held == OnHeld::Skip;
     let sql = match backend {
+        DbBackend::Postgres if skips => &SQL[1],
         DbBackend::Postgres => &SQL[0],
-        _ => &SQL[1],
+        _ => &SQL[2],
     };
     let (customer_id, workspace_id) = (row.customer_id, row.workspace_id);
     let values = Column::iter()
         .map(|column| row.get(column))
-        .chain([customer_id.into(), workspace_id.into()]);
+        .chain([customer_id.into(), workspace_id.into()])
+        .chain(skips.then(|| workspace_id.into()));
     Statement::from_sql_and_values(backend, sql, values)
 }
 
@@ -176,21 +210,35 @@ fn insert_query(
     values: impl IntoIterator<Item = sea_orm::Value>,
     customer_id: Uuid,
     workspace_id: Uuid,
+    on_held: OnHeld,
 ) -> InsertStatement {
-    let customer_in_workspace = Query::select()
+    let mut customer_in_workspace = Query::select()
         .expr(Expr::cust("1"))
         .from(customer::Entity)
         .and_where(customer::Column::Id.eq(customer_id))
         .and_where(customer::Column::WorkspaceId.eq(workspace_id))
         .to_owned();
-    let values = Query::select()
-        .exprs(values.into_iter().map(Expr::val))
-        .and_where(Expr::exists(customer_in_workspace))
-        .to_owned();
+    let mut select = Query::select();
+    select.exprs(values.into_iter().map(Expr::val));
+    if on_held == OnHeld::Skip {
+        // The rows the foreign key checks share-lock, locked first, or
+        // skipped if held (SQLite's builder writes no lock clause).
+        customer_in_workspace.lock_with_behavior(LockType::KeyShare, LockBehavior::SkipLocked);
+        let workspace = Query::select()
+            .expr(Expr::cust("1"))
+            .from(workspace::Entity)
+            .and_where(workspace::Column::Id.eq(workspace_id))
+            .lock_with_behavior(LockType::KeyShare, LockBehavior::SkipLocked)
+            .to_owned();
+        select.and_where(Expr::exists(customer_in_workspace));
+        select.and_where(Expr::exists(workspace));
+    } else {
+        select.and_where(Expr::exists(customer_in_workspace));
+    }
     Query::insert()
         .into_table(Entity)
         .columns(Column::iter())
-        .select_from(values)
+        .select_from(select)
         .expect("one value for each column")
         .returning(Query::returning().columns(Column::iter()))
         .to_owned()
@@ -517,14 +565,22 @@ mod tests {
     fn the_prebuilt_insert_is_the_insert_built_for_the_row() {
         for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
             for row in rows() {
-                let built = backend.build(&insert_query(
-                    Column::iter().map(|column| row.get(column)),
-                    row.customer_id,
-                    row.workspace_id,
-                ));
-                let prebuilt = insert_for_customer(backend, row);
-                assert_eq!(prebuilt.sql, built.sql, "{backend:?}");
-                assert_eq!(prebuilt.values, built.values, "{backend:?}");
+                for on_held in [OnHeld::Wait, OnHeld::Skip] {
+                    // SQLite has no row locks: it always sends `Wait`'s text.
+                    let shape = match backend {
+                        DbBackend::Postgres => on_held,
+                        _ => OnHeld::Wait,
+                    };
+                    let built = backend.build(&insert_query(
+                        Column::iter().map(|column| row.get(column)),
+                        row.customer_id,
+                        row.workspace_id,
+                        shape,
+                    ));
+                    let prebuilt = insert_for_customer(backend, &row, on_held);
+                    assert_eq!(prebuilt.sql, built.sql, "{backend:?} {on_held:?}");
+                    assert_eq!(prebuilt.values, built.values, "{backend:?} {on_held:?}");
+                }
             }
         }
     }

@@ -2,10 +2,12 @@
 //! without sqlx's ping after each use. Get, List and an update's first read
 //! are plain reads. The update's UPDATE, over the version it read, runs
 //! alone ([`write_without_waiting`]); should it find the row changed, the
-//! locked read opens a transaction ([`begin_with_locked`]). The rows a write
-//! returns come through `DirectTransaction::commit_with` (the locked
-//! update's UPDATE, a keyed create's INSERT), [`write_alone`] (a plain
-//! create) or [`write_without_waiting`].
+//! locked read opens a transaction ([`begin_with_locked`]). A plain
+//! create's INSERT runs alone too, and on PostgreSQL, should it skip a held
+//! row, again in a transaction of its own ([`write_alone`]). The rows a
+//! write returns come through `DirectTransaction::commit_with` (the locked
+//! update's UPDATE, a keyed create's INSERT), [`write_alone`] or
+//! [`write_without_waiting`].
 //!
 //! Get's, the first page's and the locked read's SQL text is built once per
 //! backend with sea-query (the very text SeaORM would send), as is a
@@ -208,9 +210,10 @@ pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>,
 }
 
 /// As [`write_alone`], for a statement that cannot wait for a lock on
-/// PostgreSQL (Update's `FOR UPDATE SKIP LOCKED`, see
-/// `db::conversation::update`): there it runs alone too, in autocommit,
-/// without the BEGIN and COMMIT around it.
+/// PostgreSQL either (it skips held rows: an update's UPDATE over the
+/// version it read, a plain create's INSERT; see `db::conversation`):
+/// there it runs alone too, in autocommit, without the BEGIN and COMMIT
+/// around it.
 pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
         Direct::Sqlite {

@@ -147,6 +147,18 @@ fn sent(request_id: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Each exchange by its first word, and a locked read as `SELECT … FOR
+/// UPDATE`.
+fn kinds(sent: &[String]) -> Vec<&str> {
+    sent.iter()
+        .map(|s| match s.split_whitespace().next() {
+            Some("SELECT") if s.ends_with("FOR UPDATE") => "SELECT … FOR UPDATE",
+            Some(first) => first,
+            None => "",
+        })
+        .collect()
+}
+
 /// Checks a call's exchanges with the driver (`exchanges`: a round trip to
 /// PostgreSQL, a hand-over to SQLite's worker thread) and the statements in
 /// them: `data` statements, and exactly the transaction statements `control`
@@ -197,10 +209,11 @@ async fn each_rpc_makes_the_fewest_round_trips() {
     let token = &app.a.token;
     let backend = app.db.get_database_backend();
 
-    // A plain create is its INSERT (the customer check rides in it). On
-    // PostgreSQL it is in a transaction of its own, committed only if the
-    // call is still there to see it succeed; SQLite's writer never waits
-    // inside a statement, so there it runs alone.
+    // A plain create is its INSERT (the customer check rides in it), alone.
+    // It must not wait for a lock there (a call cut off while it waited
+    // would commit later): on PostgreSQL it skips a customer or workspace
+    // row another transaction holds (below); SQLite's writer never waits
+    // inside a statement.
     let (request, plain) = tagged(
         token,
         pb::CreateConversationRequest {
@@ -216,24 +229,45 @@ async fn each_rpc_makes_the_fewest_round_trips() {
         .conversation
         .unwrap();
     let sent_plain = sent(&plain);
-    assert_statements(
-        backend,
-        "plain create",
-        &sent_plain,
-        match backend {
-            DbBackend::Postgres => 3,
-            _ => 1,
-        },
-        1,
-        match backend {
-            DbBackend::Postgres => &["BEGIN", "COMMIT"],
-            _ => &[],
-        },
-    );
-    assert!(
-        sent_plain.iter().any(|s| s.starts_with("INSERT")),
-        "{sent_plain:?}"
-    );
+    assert_statements(backend, "plain create", &sent_plain, 1, 1, &[]);
+    assert!(sent_plain[0].starts_with("INSERT"), "{sent_plain:?}");
+    if backend == DbBackend::Postgres {
+        assert_eq!(
+            sent_plain[0].matches("FOR KEY SHARE SKIP LOCKED").count(),
+            2,
+            "the customer's and the workspace's rows are skipped if held: {sent_plain:?}"
+        );
+
+        // With the customer's row held by another transaction, the INSERT
+        // inserts nothing, and runs again in a transaction, which waits.
+        use conversation_service::db::{begin_write, entity::customer};
+        use sea_orm::{EntityTrait, QuerySelect};
+        let lock = begin_write(&app.db).await.unwrap();
+        customer::Entity::find_by_id(app.a.customer)
+            .lock_exclusive()
+            .one(&lock)
+            .await
+            .unwrap();
+        let (request, held) = tagged(
+            token,
+            pb::CreateConversationRequest {
+                conversation: Some(email(&app.a)),
+                request_id: String::new(),
+            },
+        );
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            lock.commit().await.unwrap();
+        };
+        let (result, ()) = tokio::join!(client.create_conversation(request), release);
+        result.unwrap();
+        let sent_held = sent(&held);
+        assert_eq!(
+            kinds(&sent_held),
+            ["INSERT", "BEGIN", "INSERT", "COMMIT"],
+            "create with the customer held: {sent_held:?}"
+        );
+    }
 
     // A request_id is looked up first, in the same transaction.
     let (request, keyed) = tagged(
@@ -333,16 +367,8 @@ async fn each_rpc_makes_the_fewest_round_trips() {
         let updated = updated.unwrap().into_inner().conversation.unwrap();
         assert_eq!(updated.subject.as_deref(), Some("After the lock"));
         let sent_held = sent(&held);
-        let kinds: Vec<&str> = sent_held
-            .iter()
-            .map(|s| match s.split_whitespace().next() {
-                Some("SELECT") if s.ends_with("FOR UPDATE") => "SELECT … FOR UPDATE",
-                Some(first) => first,
-                None => "",
-            })
-            .collect();
         assert_eq!(
-            kinds,
+            kinds(&sent_held),
             [
                 "SELECT",
                 "UPDATE",
