@@ -92,9 +92,13 @@ def version_params(sql):
     """The UPDATE's `"version" = $n` parameters: the one it sets and the
     ones of its condition (the version it read)."""
     where = sql.upper().find(" WHERE ")
+    if where < 0:
+        raise SystemExit(f"an UPDATE without a WHERE: {sql[:120]}")
     sets, reads = [], []
     for m in re.finditer(r'"version" = \$(\d+)', sql):
         (sets if m.start() < where else reads).append(int(m.group(1)))
+    if reads and len(sets) != 1:
+        raise SystemExit(f"cannot tell the version an UPDATE sets: {sql[:120]}")
     return sets, reads
 
 
@@ -127,6 +131,11 @@ def inline(op, sql, params, own_row):
 summary = {}
 for op, statements in calls.items():
     call = last_call(statements)
+    # A captured write that changed nothing sends no UPDATE: pgbench would
+    # then be timed on a read.
+    verb = {"update": "UPDATE", "create": "INSERT"}.get(op)
+    if verb and not any(sql.upper().startswith(verb) for sql, _ in call):
+        raise SystemExit(f"{op}: the captured call sent no {verb}: {[sql[:60] for sql, _ in call]}")
     # The row the generator used: seeded row 1 for update (caller 0), and
     # for get whatever seeded id appears.
     own_row = seeded(1)
@@ -136,7 +145,8 @@ for op, statements in calls.items():
     script = []
     if op == "get":
         script.append(f"\\set n random(1, {rows})")
-    reads_version = op == "update" and any(version_params(sql)[1] for sql, _ in call)
+    reads_version = op == "update" and any(
+        version_params(sql)[1] for sql, _ in call if sql.upper().startswith("UPDATE"))
     for sql, params in call:
         text = inline(op, sql, params, own_row)
         if reads_version and sql.upper().startswith("SELECT"):

@@ -335,7 +335,8 @@ enum WriteIf {
     /// Always: its transaction holds the row's write lock.
     Locked,
     /// Only while the row is the version the update read, and, on
-    /// PostgreSQL, no other transaction holds it (`FOR UPDATE SKIP LOCKED`).
+    /// PostgreSQL, no other transaction holds it (`FOR NO KEY UPDATE SKIP
+    /// LOCKED`, the lock an UPDATE that changes no key takes).
     /// Either way it matches no row rather than wait for a lock: alone, in
     /// autocommit, a statement still waiting when its call is cut off would
     /// commit after the caller was told DEADLINE_EXCEEDED. (SQLite's writer
@@ -370,7 +371,7 @@ fn update_returning(
         for condition in conditions {
             unheld.and_where(condition);
         }
-        unheld.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        unheld.lock_with_behavior(LockType::NoKeyUpdate, LockBehavior::SkipLocked);
         update = update.filter(Column::Id.in_subquery(unheld));
     }
     let mut update = update.into_query();

@@ -78,6 +78,18 @@ pub(super) fn is_sqlite_busy(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether PostgreSQL gave up waiting for a lock (SQLSTATE 55P03,
+/// `lock_not_available`: `lock_timeout` passed, or `NOWAIT`).
+pub(super) fn is_lock_not_available(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none()
+                && db.code().as_deref() == Some("55P03")
+        }
+        _ => false,
+    }
+}
+
 /// Whether a unique index refused the write (on either database).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))

@@ -32,6 +32,7 @@ use super::entity::conversation::{Column, Entity, Model};
 use super::{
     Db, Direct,
     direct::{DirectTransaction, bound, query_err},
+    error::is_lock_not_available,
 };
 
 /// One statement's SQL text for each backend.
@@ -94,7 +95,7 @@ static NEWEST: LazyLock<Sql> = LazyLock::new(|| {
 macro_rules! run {
     ($db:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {
         match &$db.direct {
-            Direct::Postgres(pool) => run!(@on pool, $sql.postgres, $fetch, $decode, $($arg),+),
+            Direct::Postgres { pool, .. } => run!(@on pool, $sql.postgres, $fetch, $decode, $($arg),+),
             Direct::Sqlite { read: pool, .. } => run!(@on pool, $sql.sqlite, $fetch, $decode, $($arg),+),
         }
     };
@@ -147,7 +148,7 @@ pub async fn begin_with_locked(
                 DirectTransaction::begin_sqlite_with(write, *busy_timeout, statement).await?;
             Ok((txn, rows.into_iter().next()))
         }
-        Direct::Postgres(pool) => {
+        Direct::Postgres { pool, .. } => {
             let txn = DirectTransaction::begin_postgres(pool).await?;
             let row = one_in(&txn, statement).await?;
             Ok((txn, row))
@@ -185,7 +186,7 @@ macro_rules! fetch_models {
 /// order and limit), on a direct connection.
 pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> {
     match &db.direct {
-        Direct::Postgres(pool) => fetch_models!(pool, statement),
+        Direct::Postgres { pool, .. } => fetch_models!(pool, statement),
         Direct::Sqlite { read: pool, .. } => fetch_models!(pool, statement),
     }
 }
@@ -201,7 +202,7 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
 ///   cut off, and commits after the caller was told DEADLINE_EXCEEDED.
 pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
-        Direct::Postgres(pool) => {
+        Direct::Postgres { pool, .. } => {
             let txn = DirectTransaction::begin_postgres(pool).await?;
             Ok(txn.commit_with(statement).await?.into_iter().next())
         }
@@ -209,11 +210,13 @@ pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>,
     }
 }
 
-/// As [`write_alone`], for a statement that cannot wait for a lock on
-/// PostgreSQL either (it skips held rows: an update's UPDATE over the
-/// version it read, a plain create's INSERT; see `db::conversation`):
-/// there it runs alone too, in autocommit, without the BEGIN and COMMIT
-/// around it.
+/// As [`write_alone`], for a statement that skips held rows on PostgreSQL
+/// (an update's UPDATE over the version it read, a plain create's INSERT;
+/// see `db::conversation`): there it runs alone too, in autocommit, without
+/// the BEGIN and COMMIT around it, on a connection whose `lock_timeout` is
+/// a millisecond (`Direct::Postgres::unwaiting`). A lock it would still
+/// have to wait for (one a row lock is not: DDL's table lock, a row being
+/// changed) ends it at once, with no row, as a held row does.
 pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
         Direct::Sqlite {
@@ -225,7 +228,24 @@ pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Opti
             let rows = write.write_alone(statement, *busy_timeout).await?;
             rows.first().map(model).transpose()
         }
-        Direct::Postgres(pool) => Ok(fetch_models!(pool, statement)?.into_iter().next()),
+        Direct::Postgres { unwaiting, .. } => {
+            let query = bound(statement);
+            let mut conn = unwaiting.get().await?;
+            match query.fetch_all(&mut *conn).await {
+                Ok(rows) => {
+                    conn.settle();
+                    rows.first().map(model).transpose()
+                }
+                // A lock it would have waited for (a table lock taken by
+                // DDL, a row being changed): as if the row were held. The
+                // statement had no effect and left no transaction open.
+                Err(err) if is_lock_not_available(&err) => {
+                    conn.settle();
+                    Ok(None)
+                }
+                Err(err) => Err(query_err(err)),
+            }
+        }
     }
 }
 

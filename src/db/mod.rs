@@ -74,12 +74,25 @@ pub struct Db {
     direct: Direct,
 }
 
+/// How long a PostgreSQL statement that must not wait for a lock may wait
+/// for one (`Direct::Postgres::unwaiting`); PostgreSQL reads 0 as "no
+/// limit", so the least it can be.
+const UNWAITING_LOCK_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// The direct connections of the hot statements and of conversations' write
 /// transactions, of the pool's backend. SQLite's writes have one connection
 /// of their own.
 #[derive(Debug, Clone)]
 pub(crate) enum Direct {
-    Postgres(DirectPool<PgConnection>),
+    Postgres {
+        pool: DirectPool<PgConnection>,
+        /// For statements that run alone, in autocommit, and so must not
+        /// wait for a lock (a statement still waiting when its call is cut
+        /// off would commit after the caller was told DEADLINE_EXCEEDED):
+        /// their `lock_timeout` is [`UNWAITING_LOCK_TIMEOUT`], and a lock
+        /// they would wait for is answered at once (`hot::write_without_waiting`).
+        unwaiting: DirectPool<PgConnection>,
+    },
     Sqlite {
         read: DirectPool<SqliteConnection>,
         /// The writer: one connection, without a busy handler.
@@ -105,16 +118,18 @@ impl Direct {
         }
         match pool.get_database_backend() {
             DbBackend::Postgres => {
-                let mut options = (*pool.get_postgres_connection_pool().connect_options()).clone();
+                let base = (*pool.get_postgres_connection_pool().connect_options()).clone();
+                let mut options = base.clone();
                 if let Some(timeout) = settings.lock_timeout {
                     let millis = timeout.as_millis().max(1).to_string();
                     options = options.options([("lock_timeout", millis)]);
                 }
-                Ok(Self::Postgres(open::<PgConnection>(
-                    &options,
-                    settings.max_connections,
-                    settings,
-                )))
+                let millis = UNWAITING_LOCK_TIMEOUT.as_millis().to_string();
+                let unwaiting = base.options([("lock_timeout", millis)]);
+                Ok(Self::Postgres {
+                    pool: open::<PgConnection>(&options, settings.max_connections, settings),
+                    unwaiting: open::<PgConnection>(&unwaiting, settings.max_connections, settings),
+                })
             }
             DbBackend::Sqlite => {
                 let options = pool.get_sqlite_connection_pool().connect_options();
@@ -141,14 +156,17 @@ impl Direct {
             PoolStats { open, idle, max }
         }
         match self {
-            Self::Postgres(pool) => of(pool),
+            Self::Postgres { pool, unwaiting } => of(pool) + of(unwaiting),
             Self::Sqlite { read, write, .. } => of(read) + of(write),
         }
     }
 
     async fn close(&self) {
         match self {
-            Self::Postgres(pool) => pool.close().await,
+            Self::Postgres { pool, unwaiting } => {
+                pool.close().await;
+                unwaiting.close().await;
+            }
             Self::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
@@ -288,7 +306,7 @@ pub async fn begin_write(db: &Db) -> Result<DatabaseTransaction, DbErr> {
 /// writer (see [`Db`]).
 pub async fn begin_direct_write(db: &Db) -> Result<DirectTransaction, DbErr> {
     match &db.direct {
-        Direct::Postgres(pool) => DirectTransaction::begin_postgres(pool).await,
+        Direct::Postgres { pool, .. } => DirectTransaction::begin_postgres(pool).await,
         Direct::Sqlite {
             write,
             busy_timeout,

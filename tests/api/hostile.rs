@@ -430,6 +430,51 @@ async fn a_create_past_the_request_timeout_writes_nothing() {
     assert_eq!(conversation_count(&app).await, before + 1);
 }
 
+/// A write that meets a table lock (DDL, such as a migration's CREATE
+/// INDEX) past the request timeout writes nothing, even when the lock is
+/// released soon after the calls have answered: a statement running alone,
+/// in autocommit, gives up on a lock at once rather than wait there (and
+/// commit after its call was cut off), and the write waits in a transaction
+/// instead, which is abandoned with its call. PostgreSQL only: SQLite has
+/// no table locks apart from its write lock (`writes_wait_out_another_process_lock`).
+#[tokio::test]
+async fn writes_that_meet_a_table_lock_write_nothing_after_their_deadline() {
+    use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+
+    let app = app_with_request_timeout(Duration::from_millis(500)).await;
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let created = app.create_email().await;
+    let before = conversation_count(&app).await;
+    let lock = app.db.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE conversations IN SHARE MODE")
+        .await
+        .unwrap();
+    let renamed = pb::Conversation {
+        subject: Some("too late".into()),
+        ..with_id(&created.id)
+    };
+    let (create, update) = tokio::join!(
+        app.create(&app.a.token, email(&app.a)),
+        app.update(&app.a.token, renamed, Some(&["subject"]))
+    );
+    assert_code(create, Code::DeadlineExceeded, "REQUEST_TIMEOUT");
+    assert_code(update, Code::DeadlineExceeded, "REQUEST_TIMEOUT");
+    lock.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        conversation_count(&app).await,
+        before,
+        "the timed-out create wrote nothing"
+    );
+    assert_eq!(
+        app.get(&app.a.token, &created.id).await.unwrap(),
+        created,
+        "the timed-out update wrote nothing"
+    );
+}
+
 /// A create the rules refuse is answered at once, even while another
 /// process holds the write lock: it writes nothing, so it waits for no
 /// writer.

@@ -147,6 +147,16 @@ fn sent(request_id: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits until the call `request_id` has sent BEGIN: its statement alone
+/// found a row held, and it goes on in a transaction.
+async fn began(request_id: &str) {
+    let started = std::time::Instant::now();
+    while !sent(request_id).iter().any(|s| s == "BEGIN") {
+        assert!(started.elapsed().as_secs() < 5, "{request_id} never began");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Each exchange by its first word, and a locked read as `SELECT … FOR
 /// UPDATE`.
 fn kinds(sent: &[String]) -> Vec<&str> {
@@ -256,7 +266,7 @@ async fn each_rpc_makes_the_fewest_round_trips() {
             },
         );
         let release = async {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            began(&held).await;
             lock.commit().await.unwrap();
         };
         let (result, ()) = tokio::join!(client.create_conversation(request), release);
@@ -337,7 +347,7 @@ async fn each_rpc_makes_the_fewest_round_trips() {
     );
     if backend == DbBackend::Postgres {
         assert!(
-            write.contains("FOR UPDATE SKIP LOCKED"),
+            write.contains("FOR NO KEY UPDATE SKIP LOCKED"),
             "the UPDATE does not wait for a held row: {write}"
         );
     }
@@ -360,7 +370,7 @@ async fn each_rpc_makes_the_fewest_round_trips() {
             },
         );
         let release = async {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            began(&held).await;
             lock.commit().await.unwrap();
         };
         let (updated, ()) = tokio::join!(client.update_conversation(request), release);

@@ -923,9 +923,9 @@ async fn no_mask_accepts_immutable_fields_equal_to_the_stored_ones() {
     assert_eq!(updated.subject.as_deref(), Some("same immutables"));
 }
 
-/// An update that gives up after locking the row (a stale etag, nothing to
-/// change, a refused value) leaves it unlocked for the next writer, at once:
-/// its transaction is rolled back, not left open on an idle connection.
+/// An update that gives up (a stale etag, nothing to change) leaves the row
+/// unlocked for the next writer, at once. (It decides on its first read,
+/// which takes no lock; one that gives up under the lock is below.)
 #[tokio::test]
 async fn an_update_that_gives_up_releases_the_row_at_once() {
     let app = TestApp::spawn().await;
@@ -952,6 +952,67 @@ async fn an_update_that_gives_up_releases_the_row_at_once() {
     // The rollbacks above land within milliseconds; a transaction left
     // open would hold the lock until its connection's next use, which never
     // comes here.
+    assert_row_lockable(&app, id).await;
+}
+
+/// An update that gives up after locking the row leaves it unlocked for the
+/// next writer, at once: its transaction is rolled back, not left open on an
+/// idle connection. To get there, the update must find the row held (its
+/// UPDATE alone then matches nothing) and changed once the holder commits,
+/// so that the etag it carries no longer matches under the lock.
+/// PostgreSQL only: SQLite has no row locks to hold.
+#[tokio::test]
+async fn an_update_that_gives_up_under_the_lock_releases_the_row_at_once() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = TestApp::spawn().await;
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let created = app.create_email().await;
+    let id = Uuid::parse_str(&created.id).unwrap();
+    let holder = lock_row(&app, &created.id).await;
+    let precondition = pb::Conversation {
+        subject: Some("under the lock".into()),
+        etag: created.etag.clone(),
+        ..with_id(&created.id)
+    };
+    let update = app.update(&app.a.token, precondition, Some(&["subject"]));
+    let change_and_release = async {
+        // The update waits for the row under the lock...
+        let started = std::time::Instant::now();
+        loop {
+            let waiting = app
+                .db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT count(*) AS n FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "n")
+                .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 5, "the update never waited");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // ...and finds it changed when it gets it.
+        holder
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE conversations SET version = version + 1 WHERE id = $1",
+                [id.into()],
+            ))
+            .await
+            .unwrap();
+        holder.commit().await.unwrap();
+    };
+    let (result, ()) = tokio::join!(update, change_and_release);
+    assert_code(result, Code::Aborted, "ETAG_MISMATCH");
     assert_row_lockable(&app, id).await;
 }
 
