@@ -48,10 +48,12 @@ fn is_sqlx_unavailable(err: &sqlx::Error) -> bool {
 }
 
 /// PostgreSQL SQLSTATEs that mean "not now" rather than "not this statement":
-/// class 08 (connection exception), shutdown and start-up (57P01-57P03), and
-/// too many connections (53300).
+/// class 08 (connection exception), shutdown and start-up (57P01-57P03), too
+/// many connections (53300), and a lock not waited for (55P03: a read
+/// outside a transaction meets DDL's table lock; see `db::Direct`).
 fn is_postgres_unavailable(sqlstate: &str) -> bool {
-    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300")
+    sqlstate.starts_with("08")
+        || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300" | "55P03")
 }
 
 /// SQLite result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
@@ -101,7 +103,7 @@ mod tests {
 
     #[test]
     fn postgres_connection_trouble_is_unavailable() {
-        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+        for code in ["08006", "08001", "57P01", "57P03", "53300", "55P03"] {
             assert!(is_postgres_unavailable(code), "{code}");
         }
     }

@@ -148,8 +148,8 @@ pub async fn begin_with_locked(
                 DirectTransaction::begin_sqlite_with(write, *busy_timeout, statement).await?;
             Ok((txn, rows.into_iter().next()))
         }
-        Direct::Postgres { pool, .. } => {
-            let txn = DirectTransaction::begin_postgres(pool).await?;
+        Direct::Postgres { pool, begin } => {
+            let txn = DirectTransaction::begin_postgres(pool, begin).await?;
             let row = one_in(&txn, statement).await?;
             Ok((txn, row))
         }
@@ -202,8 +202,8 @@ pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> 
 ///   cut off, and commits after the caller was told DEADLINE_EXCEEDED.
 pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
-        Direct::Postgres { pool, .. } => {
-            let txn = DirectTransaction::begin_postgres(pool).await?;
+        Direct::Postgres { pool, begin } => {
+            let txn = DirectTransaction::begin_postgres(pool, begin).await?;
             Ok(txn.commit_with(statement).await?.into_iter().next())
         }
         Direct::Sqlite { .. } => write_without_waiting(db, statement).await,
@@ -213,10 +213,10 @@ pub async fn write_alone(db: &Db, statement: Statement) -> Result<Option<Model>,
 /// As [`write_alone`], for a statement that skips held rows on PostgreSQL
 /// (an update's UPDATE over the version it read, a plain create's INSERT;
 /// see `db::conversation`): there it runs alone too, in autocommit, without
-/// the BEGIN and COMMIT around it, on a connection whose `lock_timeout` is
-/// a millisecond (`Direct::Postgres::unwaiting`). A lock it would still
-/// have to wait for (one a row lock is not: DDL's table lock, a row being
-/// changed) ends it at once, with no row, as a held row does.
+/// the BEGIN and COMMIT around it, where its `lock_timeout` is a millisecond
+/// (`Direct::Postgres`). A lock it would still have to wait for (DDL's table
+/// lock, a row being changed) ends it at once, with no row, as a held row
+/// does.
 pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Option<Model>, DbErr> {
     match &db.direct {
         Direct::Sqlite {
@@ -228,9 +228,9 @@ pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Opti
             let rows = write.write_alone(statement, *busy_timeout).await?;
             rows.first().map(model).transpose()
         }
-        Direct::Postgres { unwaiting, .. } => {
+        Direct::Postgres { pool, .. } => {
             let query = bound(statement);
-            let mut conn = unwaiting.get().await?;
+            let mut conn = pool.get().await?;
             match query.fetch_all(&mut *conn).await {
                 Ok(rows) => {
                     conn.settle();

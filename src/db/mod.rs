@@ -11,7 +11,7 @@ pub mod list;
 pub mod migration;
 pub mod token;
 
-use std::{ops::Deref, time::Duration};
+use std::{ops::Deref, sync::Arc, time::Duration};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -36,12 +36,13 @@ pub struct DbSettings {
     /// SQLite only: how long a write waits for another process's write lock
     /// (the CLI while `serve` runs) before it fails with UNAVAILABLE.
     pub sqlite_busy_timeout: Duration,
-    /// PostgreSQL, direct connections: the longest a statement waits for a
-    /// row lock (`lock_timeout`). `serve` sets it a second past the request
-    /// timeout, so a call never sees it (its deadline comes first), but the
-    /// server-side statement of a call cut off while it waited gives up by
-    /// then instead of waiting on in the lock queue after its connection is
-    /// closed.
+    /// PostgreSQL, write transactions on direct connections: the longest a
+    /// statement waits for a lock (`SET LOCAL lock_timeout`). `serve` sets
+    /// it a second past the request timeout, so a call never sees it (its
+    /// deadline comes first), but the server-side statement of a call cut
+    /// off while it waited gives up by then instead of waiting on in the
+    /// lock queue after its connection is closed. (Outside a transaction a
+    /// direct connection waits for no lock at all; see `Direct::Postgres`.)
     pub lock_timeout: Option<Duration>,
 }
 
@@ -74,9 +75,9 @@ pub struct Db {
     direct: Direct,
 }
 
-/// How long a PostgreSQL statement that must not wait for a lock may wait
-/// for one (`Direct::Postgres::unwaiting`); PostgreSQL reads 0 as "no
-/// limit", so the least it can be.
+/// How long a statement on a direct PostgreSQL connection may wait for a
+/// lock outside a write transaction (see `Direct::Postgres`): PostgreSQL
+/// reads 0 as "no limit", so the least it can be.
 const UNWAITING_LOCK_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// The direct connections of the hot statements and of conversations' write
@@ -85,13 +86,18 @@ const UNWAITING_LOCK_TIMEOUT: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone)]
 pub(crate) enum Direct {
     Postgres {
+        /// Connections whose `lock_timeout` is [`UNWAITING_LOCK_TIMEOUT`]: a
+        /// statement that runs alone, in autocommit, must not wait for a lock
+        /// (one still waiting when its call is cut off would commit after
+        /// the caller was told DEADLINE_EXCEEDED), so a lock it would wait
+        /// for ends it at once (`hot::write_without_waiting`; a read then
+        /// fails with UNAVAILABLE).
         pool: DirectPool<PgConnection>,
-        /// For statements that run alone, in autocommit, and so must not
-        /// wait for a lock (a statement still waiting when its call is cut
-        /// off would commit after the caller was told DEADLINE_EXCEEDED):
-        /// their `lock_timeout` is [`UNWAITING_LOCK_TIMEOUT`], and a lock
-        /// they would wait for is answered at once (`hot::write_without_waiting`).
-        unwaiting: DirectPool<PgConnection>,
+        /// How a write transaction begins: `BEGIN` and, in the same
+        /// exchange, `SET LOCAL lock_timeout` to `DbSettings::lock_timeout`
+        /// (0, no limit, when unset). A transaction may wait for a lock: its
+        /// call's deadline abandons it before COMMIT.
+        begin: Arc<str>,
     },
     Sqlite {
         read: DirectPool<SqliteConnection>,
@@ -118,17 +124,14 @@ impl Direct {
         }
         match pool.get_database_backend() {
             DbBackend::Postgres => {
-                let base = (*pool.get_postgres_connection_pool().connect_options()).clone();
-                let mut options = base.clone();
-                if let Some(timeout) = settings.lock_timeout {
-                    let millis = timeout.as_millis().max(1).to_string();
-                    options = options.options([("lock_timeout", millis)]);
-                }
                 let millis = UNWAITING_LOCK_TIMEOUT.as_millis().to_string();
-                let unwaiting = base.options([("lock_timeout", millis)]);
+                let options = (*pool.get_postgres_connection_pool().connect_options())
+                    .clone()
+                    .options([("lock_timeout", millis)]);
+                let waits = settings.lock_timeout.map_or(0, |t| t.as_millis().max(1));
                 Ok(Self::Postgres {
                     pool: open::<PgConnection>(&options, settings.max_connections, settings),
-                    unwaiting: open::<PgConnection>(&unwaiting, settings.max_connections, settings),
+                    begin: format!("BEGIN; SET LOCAL lock_timeout = {waits}").into(),
                 })
             }
             DbBackend::Sqlite => {
@@ -156,17 +159,14 @@ impl Direct {
             PoolStats { open, idle, max }
         }
         match self {
-            Self::Postgres { pool, unwaiting } => of(pool) + of(unwaiting),
+            Self::Postgres { pool, .. } => of(pool),
             Self::Sqlite { read, write, .. } => of(read) + of(write),
         }
     }
 
     async fn close(&self) {
         match self {
-            Self::Postgres { pool, unwaiting } => {
-                pool.close().await;
-                unwaiting.close().await;
-            }
+            Self::Postgres { pool, .. } => pool.close().await,
             Self::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
@@ -306,7 +306,7 @@ pub async fn begin_write(db: &Db) -> Result<DatabaseTransaction, DbErr> {
 /// writer (see [`Db`]).
 pub async fn begin_direct_write(db: &Db) -> Result<DirectTransaction, DbErr> {
     match &db.direct {
-        Direct::Postgres { pool, .. } => DirectTransaction::begin_postgres(pool).await,
+        Direct::Postgres { pool, begin } => DirectTransaction::begin_postgres(pool, begin).await,
         Direct::Sqlite {
             write,
             busy_timeout,

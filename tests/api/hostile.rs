@@ -475,6 +475,32 @@ async fn writes_that_meet_a_table_lock_write_nothing_after_their_deadline() {
     );
 }
 
+/// A read that meets a table lock (DDL that locks out readers, such as
+/// `ALTER TABLE`) fails at once with UNAVAILABLE instead of queueing behind
+/// it until its deadline. PostgreSQL only.
+#[tokio::test]
+async fn a_read_that_meets_a_table_lock_is_unavailable_at_once() {
+    use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+
+    let app = app_with_request_timeout(Duration::from_secs(10)).await;
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let created = app.create_email().await;
+    let lock = app.db.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Queued, it would have answered DEADLINE_EXCEEDED after 10 s.
+    assert_code(
+        app.get(&app.a.token, &created.id).await,
+        Code::Unavailable,
+        "DATABASE_UNAVAILABLE",
+    );
+    lock.rollback().await.unwrap();
+    app.get(&app.a.token, &created.id).await.unwrap();
+}
+
 /// A create the rules refuse is answered at once, even while another
 /// process holds the write lock: it writes nothing, so it waits for no
 /// writer.

@@ -121,11 +121,18 @@ impl DirectPool<SqliteConnection> {
 }
 
 impl DirectTransaction {
-    /// BEGIN on a direct PostgreSQL connection; row locks come from `SELECT
-    /// ... FOR UPDATE`.
-    pub async fn begin_postgres(pool: &DirectPool<PgConnection>) -> Result<Self, DbErr> {
+    /// Begins a transaction on a direct PostgreSQL connection with `begin`,
+    /// `BEGIN` and the `SET LOCAL`s that go with it (see `db::Direct`), in
+    /// one exchange; row locks come from `SELECT ... FOR UPDATE`.
+    pub async fn begin_postgres(
+        pool: &DirectPool<PgConnection>,
+        begin: &str,
+    ) -> Result<Self, DbErr> {
         let mut lease = pool.get().await?;
-        lease.execute("BEGIN").await.map_err(exec_err)?;
+        lease
+            .execute(sqlx::raw_sql(AssertSqlSafe(begin.to_owned())))
+            .await
+            .map_err(exec_err)?;
         Ok(Self::begun(
             WriteLease::Postgres(lease),
             pool.acquire_timeout,
