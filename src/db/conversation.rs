@@ -157,9 +157,10 @@ enum OnHeld {
     Wait,
     /// Inserts nothing instead (`FOR KEY SHARE SKIP LOCKED` on PostgreSQL):
     /// alone, in autocommit, an INSERT still waiting when its call is cut
-    /// off would commit after the caller was told DEADLINE_EXCEEDED.
-    /// (SQLite has no row locks, and its writer never waits inside a
-    /// statement: the text is the same as `Wait`'s.)
+    /// off would commit after the caller was told DEADLINE_EXCEEDED. Any
+    /// other lock it would wait for ends it at once (`db::Direct`), which
+    /// counts the same. (SQLite has no row locks, and its writer never waits
+    /// inside a statement: the text is the same as `Wait`'s.)
     Skip,
 }
 
@@ -339,8 +340,10 @@ enum WriteIf {
     /// LOCKED`, the lock an UPDATE that changes no key takes).
     /// Either way it matches no row rather than wait for a lock: alone, in
     /// autocommit, a statement still waiting when its call is cut off would
-    /// commit after the caller was told DEADLINE_EXCEEDED. (SQLite's writer
-    /// never waits inside a statement: see `db::direct::transaction`.)
+    /// commit after the caller was told DEADLINE_EXCEEDED. Any other lock it
+    /// would wait for ends it at once (`db::Direct`), which counts the same.
+    /// (SQLite's writer never waits inside a statement: see
+    /// `db::direct::transaction`.)
     Unchanged,
 }
 

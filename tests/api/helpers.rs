@@ -422,6 +422,23 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     start.elapsed()
 }
 
+/// PostgreSQL: how many statements of the test's database wait for a lock.
+pub async fn lock_waiters(app: &TestApp) -> i64 {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let row = app
+        .db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
 /// Holds the write lock of `id` (the whole database on SQLite) until dropped,
 /// so that an update of it waits: a call that is reliably in progress.
 pub async fn lock_row(app: &TestApp, id: &str) -> sea_orm::DatabaseTransaction {

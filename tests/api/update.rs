@@ -981,22 +981,7 @@ async fn an_update_that_gives_up_under_the_lock_releases_the_row_at_once() {
     let change_and_release = async {
         // The update waits for the row under the lock...
         let started = std::time::Instant::now();
-        loop {
-            let waiting = app
-                .db
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT count(*) AS n FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_get::<i64>("", "n")
-                .unwrap();
-            if waiting > 0 {
-                break;
-            }
+        while lock_waiters(&app).await == 0 {
             assert!(started.elapsed().as_secs() < 5, "the update never waited");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -1091,7 +1076,7 @@ async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
 #[tokio::test]
 async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_timeout() {
     use conversation_service::ServeSettings;
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    use sea_orm::DbBackend;
 
     let app = TestApp::spawn_with(ServeSettings {
         request_timeout: std::time::Duration::from_millis(500),
@@ -1103,19 +1088,6 @@ async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_ti
     }
     let created = app.create_email().await;
     let blocker = lock_row(&app, &created.id).await;
-    let waiting = async || {
-        let row = app
-            .db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
-    };
 
     let update = {
         let sent = pb::Conversation {
@@ -1127,7 +1099,7 @@ async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_ti
     let watch = async {
         // The update reached the lock wait...
         let started = std::time::Instant::now();
-        while waiting().await == 0 {
+        while lock_waiters(&app).await == 0 {
             assert!(started.elapsed().as_secs() < 5, "the update never waited");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -1137,7 +1109,7 @@ async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_ti
 
     // ...and, the lock still held, its statement gives up within 5 s.
     let cut_off = std::time::Instant::now();
-    while waiting().await > 0 {
+    while lock_waiters(&app).await > 0 {
         assert!(
             cut_off.elapsed().as_secs() < 5,
             "a cut-off statement still waits for the lock"
