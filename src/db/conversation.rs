@@ -8,13 +8,17 @@
 //! on SQLite) and computes the result again. Two updates of different
 //! fields therefore never overwrite each other.
 
-use std::sync::LazyLock;
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, RwLock},
+};
 
 use sea_orm::{
-    ActiveValue::{NotSet, Set, Unchanged},
+    ActiveModelTrait,
+    ActiveValue::{self, NotSet, Set, Unchanged},
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Iterable, ModelTrait, QueryFilter,
     QueryTrait, Statement,
-    sea_query::{Expr, InsertStatement, LockBehavior, LockType, Query},
+    sea_query::{Expr, InsertStatement, LockBehavior, LockType, Query, UpdateStatement},
 };
 use uuid::Uuid;
 
@@ -350,12 +354,80 @@ enum WriteIf {
 /// `UPDATE conversations SET <changes> WHERE id = ... AND workspace_id = ...
 /// [AND <the condition of `write_if`>] RETURNING <Entity::find()'s columns,
 /// in order>`.
+///
+/// Every value is a placeholder, so the text depends only on the backend,
+/// `write_if` and which columns change: it is built by sea-query once for
+/// each (a fifth of an update's instructions when built on every call), and
+/// later calls bind their values in the order the builder would
+/// (`update_values`).
 fn update_returning(
     backend: DbBackend,
     current: &Conversation,
     changes: ActiveModel,
     write_if: WriteIf,
 ) -> Statement {
+    /// Enough for every set of columns real callers change; past it, an
+    /// update's text is built each time rather than kept (masks are the
+    /// caller's to choose).
+    const MOST_KEPT: usize = 256;
+    type Key = (bool, bool, u64);
+    static TEXTS: LazyLock<RwLock<HashMap<Key, Arc<str>>>> = LazyLock::new(Default::default);
+
+    let changed = Column::iter()
+        .enumerate()
+        .filter(|(_, column)| changes.get(*column).is_set())
+        .fold(0_u64, |mask, (i, _)| mask | 1 << i);
+    let key = (
+        backend == DbBackend::Postgres,
+        matches!(write_if, WriteIf::Unchanged),
+        changed,
+    );
+    let kept = TEXTS.read().ok().and_then(|texts| texts.get(&key).cloned());
+    if let Some(sql) = kept {
+        let values = update_values(backend, current, &changes, write_if);
+        return Statement::from_sql_and_values(backend, &*sql, values);
+    }
+    let statement = backend.build(&update_query(backend, current, changes, write_if));
+    if let Ok(mut texts) = TEXTS.write()
+        && texts.len() < MOST_KEPT
+    {
+        texts.insert(key, statement.sql.as_str().into());
+    }
+    statement
+}
+
+/// The values of [`update_query`]'s statement, in the order the builder
+/// binds them: the changed columns' (in column order), then the conditions'.
+fn update_values(
+    backend: DbBackend,
+    current: &Conversation,
+    changes: &ActiveModel,
+    write_if: WriteIf,
+) -> Vec<sea_orm::Value> {
+    let mut values: Vec<sea_orm::Value> = Column::iter()
+        .filter_map(|column| match changes.get(column) {
+            ActiveValue::Set(value) => Some(value),
+            _ => None,
+        })
+        .collect();
+    let mut conditions = vec![current.id.into(), current.workspace_id.into()];
+    if let WriteIf::Unchanged = write_if {
+        conditions.push(current.version.into());
+    }
+    values.extend(conditions.iter().cloned());
+    if let (WriteIf::Unchanged, DbBackend::Postgres) = (write_if, backend) {
+        values.extend(conditions);
+    }
+    values
+}
+
+/// [`update_returning`]'s statement, built by sea-query.
+fn update_query(
+    backend: DbBackend,
+    current: &Conversation,
+    changes: ActiveModel,
+    write_if: WriteIf,
+) -> UpdateStatement {
     // The row, and for `WriteIf::Unchanged` the version read.
     let mut conditions = vec![
         Column::Id.eq(current.id),
@@ -379,7 +451,7 @@ fn update_returning(
     }
     let mut update = update.into_query();
     update.returning(Query::returning().columns(Column::iter()));
-    backend.build(&update)
+    update
 }
 
 /// An active model that sets exactly the columns whose values differ.
@@ -561,6 +633,57 @@ mod tests {
             ..bare.clone()
         };
         [bare, full]
+    }
+
+    /// An UPDATE whose text was kept sends exactly what building it for the
+    /// change sends: the same text and the same values, in the same order,
+    /// for changes that set values, clear them, and touch every column.
+    #[test]
+    fn a_kept_update_text_is_the_update_built_for_the_change() {
+        let [bare, full] = rows();
+        // Attribute values are strings in the domain.
+        let full = Model {
+            attributes: json!({"plan": "pro", "seats": "3"}),
+            ..full
+        };
+        let later = |model: &Model| Model {
+            version: model.version + 1,
+            updated_at: model.updated_at + chrono::Duration::seconds(1),
+            ..model.clone()
+        };
+        let renamed = Model {
+            subject: Some("Renamed".into()),
+            priority: "high".into(),
+            ..later(&bare)
+        };
+        let emptied = Model {
+            id: full.id,
+            workspace_id: full.workspace_id,
+            ..later(&bare)
+        };
+        let filled = Model {
+            id: bare.id,
+            workspace_id: bare.workspace_id,
+            ..later(&full)
+        };
+        let cases = [(&bare, renamed), (&full, emptied), (&bare, filled)];
+        for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
+            for write_if in [WriteIf::Locked, WriteIf::Unchanged] {
+                for (old, new) in &cases {
+                    let current = to_domain((*old).clone()).unwrap();
+                    let changes = changed_columns(old, new.clone());
+                    let built =
+                        backend.build(&update_query(backend, &current, changes.clone(), write_if));
+                    // The first call may build and keep the text; the
+                    // second finds it kept.
+                    for _ in 0..2 {
+                        let sent = update_returning(backend, &current, changes.clone(), write_if);
+                        assert_eq!(sent.sql, built.sql, "{backend:?} {write_if:?}");
+                        assert_eq!(sent.values, built.values, "{backend:?} {write_if:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// The insert built once sends exactly what building it for the row
