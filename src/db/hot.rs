@@ -10,9 +10,10 @@
 //! [`write_without_waiting`].
 //!
 //! Get's, the first page's and the locked read's SQL text is built once per
-//! backend with sea-query (the very text SeaORM would send), as is a
-//! create's INSERT (`db::conversation`); other pages and Update's UPDATE are
-//! built by SeaORM per call and bound as SeaORM binds them.
+//! backend with sea-query (the very text SeaORM would send), as are a
+//! create's INSERT and, per set of changed columns, Update's UPDATE
+//! (`db::conversation`); other pages are built by SeaORM per call and bound
+//! as SeaORM binds them.
 //! Either way sqlx prepares a text once per connection and caches the
 //! prepared statement. Rows from direct connections are decoded by column
 //! position into the entity model, skipping SeaORM's generic per-column
