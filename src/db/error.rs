@@ -1,5 +1,6 @@
-//! Classifies database errors once: unreachable databases become
-//! UNAVAILABLE, everything else INTERNAL (logged, never shown to callers).
+//! Classifies database errors once: unreachable databases (and locks not
+//! waited for) become UNAVAILABLE, everything else INTERNAL (logged, never
+//! shown to callers).
 
 use sea_orm::{DbErr, RuntimeErr, SqlErr, sqlx};
 
@@ -49,8 +50,8 @@ fn is_sqlx_unavailable(err: &sqlx::Error) -> bool {
 
 /// PostgreSQL SQLSTATEs that mean "not now" rather than "not this statement":
 /// class 08 (connection exception), shutdown and start-up (57P01-57P03), too
-/// many connections (53300), and a lock not waited for (55P03: a read
-/// outside a transaction meets DDL's table lock; see `db::Direct`).
+/// many connections (53300), and a lock not waited for (55P03; the hot
+/// statements answer it themselves, see `db::Direct`).
 fn is_postgres_unavailable(sqlstate: &str) -> bool {
     sqlstate.starts_with("08")
         || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300" | "55P03")
@@ -87,6 +88,16 @@ pub(super) fn is_lock_not_available(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none()
                 && db.code().as_deref() == Some("55P03")
+        }
+        _ => false,
+    }
+}
+
+/// [`is_lock_not_available`], for an error already in SeaORM's terms.
+pub(super) fn is_lock_refused(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            is_lock_not_available(e)
         }
         _ => false,
     }

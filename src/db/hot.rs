@@ -32,8 +32,8 @@ use uuid::Uuid;
 use super::entity::conversation::{Column, Entity, Model};
 use super::{
     Db, Direct,
-    direct::{DirectTransaction, bound, query_err},
-    error::is_lock_not_available,
+    direct::{DirectTransaction, Lease, bound, query_err},
+    error::{is_lock_not_available, is_lock_refused},
 };
 
 /// One statement's SQL text for each backend.
@@ -100,21 +100,60 @@ macro_rules! run {
             Direct::Sqlite { read: pool, .. } => run!(@on pool, $sql.sqlite, $fetch, $decode, $($arg),+),
         }
     };
-    (@on $pool:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {{
-        let mut conn = $pool.get().await?;
-        let rows = sqlx::query($sql.as_str())
-            $(.bind($arg))+
-            .$fetch(&mut *conn)
-            .await
-            .map_err(query_err)?;
-        conn.settle();
-        $decode(rows)
-    }};
+    (@on $pool:expr, $sql:expr, $fetch:ident, $decode:expr, $($arg:expr),+) => {
+        async {
+            let mut conn = $pool.get().await?;
+            let fetched = sqlx::query($sql.as_str())
+                $(.bind($arg))+
+                .$fetch(&mut *conn)
+                .await;
+            $decode(settled(&mut conn, fetched)?)
+        }
+        .await
+    };
+}
+
+/// `fetched`, the outcome of a statement that ran alone on `conn`, which
+/// stays fit for reuse if the statement ran to its end, or met a lock it did
+/// not wait for (55P03 on PostgreSQL; see `db::Direct`): that statement had
+/// no effect and left no transaction open.
+fn settled<C: sqlx::Connection, T>(
+    conn: &mut Lease<C>,
+    fetched: Result<T, sqlx::Error>,
+) -> Result<T, DbErr> {
+    match fetched {
+        Ok(rows) => {
+            conn.settle();
+            Ok(rows)
+        }
+        Err(err) => {
+            if is_lock_not_available(&err) {
+                conn.settle();
+            }
+            Err(query_err(err))
+        }
+    }
+}
+
+/// On PostgreSQL a read outside a transaction waits for no lock (see
+/// `db::Direct`). One that met a lock (DDL holds the table) runs again here,
+/// in a transaction, which waits for it as writes do, until the call's
+/// deadline: a read commits nothing, so it may wait.
+async fn read_waiting(db: &Db, statement: impl FnOnce() -> Statement) -> Result<Vec<Model>, DbErr> {
+    let Direct::Postgres { pool, begin } = &db.direct else {
+        return Err(DbErr::Custom(
+            "only PostgreSQL refuses to wait for a lock".into(),
+        ));
+    };
+    let txn = DirectTransaction::begin_postgres(pool, begin).await?;
+    let rows = txn.fetch_models(statement()).await?;
+    txn.commit().await?;
+    Ok(rows)
 }
 
 /// The conversation `id` of the workspace, if any.
 pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model>, DbErr> {
-    run!(
+    let read = run!(
         db,
         BY_ID,
         fetch_optional,
@@ -122,7 +161,16 @@ pub async fn by_id(db: &Db, workspace_id: Uuid, id: Uuid) -> Result<Option<Model
         id,
         workspace_id,
         1_i64
-    )
+    );
+    match read {
+        Err(err) if is_lock_refused(&err) => {
+            let values = [id.into(), workspace_id.into(), 1_i64.into()];
+            let statement =
+                || Statement::from_sql_and_values(DbBackend::Postgres, &BY_ID.postgres, values);
+            Ok(read_waiting(db, statement).await?.into_iter().next())
+        }
+        read => read,
+    }
 }
 
 /// Opens a conversation's write transaction (see `db::begin_direct_write`)
@@ -159,35 +207,50 @@ pub async fn begin_with_locked(
 
 /// The workspace's `limit` newest conversations.
 pub async fn newest(db: &Db, workspace_id: Uuid, limit: u32) -> Result<Vec<Model>, DbErr> {
-    run!(
+    let read = run!(
         db,
         NEWEST,
         fetch_all,
         |rows: Vec<_>| rows.iter().map(model).collect(),
         workspace_id,
         i64::from(limit)
-    )
+    );
+    match read {
+        Err(err) if is_lock_refused(&err) => {
+            let values = [workspace_id.into(), i64::from(limit).into()];
+            let statement =
+                || Statement::from_sql_and_values(DbBackend::Postgres, &NEWEST.postgres, values);
+            read_waiting(db, statement).await
+        }
+        read => read,
+    }
 }
 
 /// Runs a statement SeaORM built on a direct connection of `$pool`, bound as
 /// SeaORM binds it, and returns its rows decoded with `model`.
 macro_rules! fetch_models {
-    ($pool:expr, $statement:expr) => {{
-        let query = bound($statement);
-        let mut conn = $pool.get().await?;
-        let rows = query.fetch_all(&mut *conn).await.map_err(query_err)?;
-        conn.settle();
-        rows.iter()
-            .map(model)
-            .collect::<Result<Vec<Model>, DbErr>>()
-    }};
+    ($pool:expr, $statement:expr) => {
+        async {
+            let query = bound($statement);
+            let mut conn = $pool.get().await?;
+            let fetched = query.fetch_all(&mut *conn).await;
+            settled(&mut conn, fetched)?
+                .iter()
+                .map(model)
+                .collect::<Result<Vec<Model>, DbErr>>()
+        }
+        .await
+    };
 }
 
 /// Runs `statement`, a SELECT of `Entity::find()`'s columns (any filter,
 /// order and limit), on a direct connection.
 pub async fn select(db: &Db, statement: Statement) -> Result<Vec<Model>, DbErr> {
     match &db.direct {
-        Direct::Postgres { pool, .. } => fetch_models!(pool, statement),
+        Direct::Postgres { pool, .. } => match fetch_models!(pool, statement.clone()) {
+            Err(err) if is_lock_refused(&err) => read_waiting(db, || statement).await,
+            read => read,
+        },
         Direct::Sqlite { read: pool, .. } => fetch_models!(pool, statement),
     }
 }

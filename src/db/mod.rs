@@ -90,8 +90,9 @@ pub(crate) enum Direct {
         /// statement that runs alone, in autocommit, must not wait for a lock
         /// (one still waiting when its call is cut off would commit after
         /// the caller was told DEADLINE_EXCEEDED), so a lock it would wait
-        /// for ends it at once (`hot::write_without_waiting`; a read then
-        /// fails with UNAVAILABLE).
+        /// for ends it at once: a write then goes on in a transaction
+        /// (`hot::write_without_waiting`), and so does a read
+        /// (`hot::read_waiting`).
         pool: DirectPool<PgConnection>,
         /// How a write transaction begins: `BEGIN` and, in the same
         /// exchange, `SET LOCAL lock_timeout` to `DbSettings::lock_timeout`
@@ -128,7 +129,10 @@ impl Direct {
                 let options = (*pool.get_postgres_connection_pool().connect_options())
                     .clone()
                     .options([("lock_timeout", millis)]);
-                let waits = settings.lock_timeout.map_or(0, |t| t.as_millis().max(1));
+                // PostgreSQL takes at most i32::MAX milliseconds (about 24 days).
+                let waits = settings
+                    .lock_timeout
+                    .map_or(0, |t| t.as_millis().clamp(1, i32::MAX as u128));
                 Ok(Self::Postgres {
                     pool: open::<PgConnection>(&options, settings.max_connections, settings),
                     begin: format!("BEGIN; SET LOCAL lock_timeout = {waits}").into(),

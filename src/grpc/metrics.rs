@@ -254,8 +254,9 @@ impl Metrics {
 
     /// Marks a call as inside the storage layer until the guard drops. Every
     /// call holds at most one connection at a time, so the calls inside
-    /// minus the connections in use are the calls waiting for a connection:
-    /// sqlx's pool does not count its waiters itself.
+    /// minus the connections in use are the calls waiting for a connection
+    /// (or, for a moment, between two of their statements): sqlx's pool does
+    /// not count its waiters itself.
     pub fn database_call(&self) -> DatabaseCall {
         self.inner.database_calls.fetch_add(1, Ordering::Relaxed);
         DatabaseCall(self.inner.clone())

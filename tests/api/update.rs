@@ -1071,8 +1071,8 @@ async fn an_update_cut_off_by_its_deadline_leaves_no_lock_behind() {
 /// row lock leaves no statement waiting in the database soon after, even
 /// while the lock is still held: closing the connection alone would not
 /// stop it (PostgreSQL notices a closed connection only when it next reads
-/// from it), so the direct connections carry a `lock_timeout` a second past
-/// the request timeout.
+/// from it), so write transactions on the direct connections set their
+/// `lock_timeout` a second past the request timeout.
 #[tokio::test]
 async fn a_statement_cut_off_while_waiting_for_a_lock_gives_up_by_the_request_timeout() {
     use conversation_service::ServeSettings;

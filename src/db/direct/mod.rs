@@ -202,8 +202,9 @@ impl<C: sqlx::Connection> DirectPool<C> {
 /// a transaction that holds row locks. The server ends that transaction when
 /// it next reads from the connection: at once if it was idle, and for a
 /// statement still waiting for a row lock, when the lock comes or its
-/// `lock_timeout` passes (`serve` sets it a second past the request
-/// timeout; see `DbSettings::lock_timeout`). SQLite rolls back when sqlx's
+/// `lock_timeout` passes (a write transaction's is a second past the request
+/// timeout; see `DbSettings::lock_timeout`; outside one, a statement waits
+/// for no lock). SQLite rolls back when sqlx's
 /// worker, done with its statement, closes the connection.
 pub struct Lease<C: sqlx::Connection>(Option<Object<Opener<C>>>);
 
