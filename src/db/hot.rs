@@ -292,24 +292,14 @@ pub async fn write_without_waiting(db: &Db, statement: Statement) -> Result<Opti
             let rows = write.write_alone(statement, *busy_timeout).await?;
             rows.first().map(model).transpose()
         }
-        Direct::Postgres { pool, .. } => {
-            let query = bound(statement);
-            let mut conn = pool.get().await?;
-            match query.fetch_all(&mut *conn).await {
-                Ok(rows) => {
-                    conn.settle();
-                    rows.first().map(model).transpose()
-                }
-                // A lock it would have waited for (a table lock taken by
-                // DDL, a row being changed): as if the row were held. The
-                // statement had no effect and left no transaction open.
-                Err(err) if is_lock_not_available(&err) => {
-                    conn.settle();
-                    Ok(None)
-                }
-                Err(err) => Err(query_err(err)),
-            }
-        }
+        Direct::Postgres { pool, .. } => match fetch_models!(pool, statement) {
+            Ok(rows) => Ok(rows.into_iter().next()),
+            // A lock it would have waited for (a table lock taken by DDL, a
+            // row being changed): as if the row were held. The statement had
+            // no effect, and its connection stays in the pool (`settled`).
+            Err(err) if is_lock_refused(&err) => Ok(None),
+            Err(err) => Err(err),
+        },
     }
 }
 

@@ -2,7 +2,7 @@
 //! SQLite's writer, which waits for another process's write lock between
 //! attempts rather than inside a statement (`while_busy!`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::{
     ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, Statement,
@@ -126,11 +126,11 @@ impl DirectTransaction {
     /// one exchange; row locks come from `SELECT ... FOR UPDATE`.
     pub async fn begin_postgres(
         pool: &DirectPool<PgConnection>,
-        begin: &str,
+        begin: &Arc<str>,
     ) -> Result<Self, DbErr> {
         let mut lease = pool.get().await?;
         lease
-            .execute(sqlx::raw_sql(AssertSqlSafe(begin.to_owned())))
+            .execute(sqlx::raw_sql(AssertSqlSafe(Arc::clone(begin))))
             .await
             .map_err(exec_err)?;
         Ok(Self::begun(
