@@ -5,7 +5,7 @@
 //! inserted or updated meanwhile never shift the pages.
 
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QueryTrait,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
@@ -68,11 +68,12 @@ pub async fn list(
                 row.gt(at)
             });
         }
-        let query = query
+        let mut statement = query
             .order_by(sort, direction.clone())
             .order_by(Column::Id, direction)
-            .limit(u64::from(limit));
-        super::hot::select(db, query.build(backend)).await?
+            .build(backend);
+        statement.sql = super::hot::with_limit(&statement.sql, limit);
+        super::hot::select(db, statement).await?
     };
 
     let more = rows.len() > page_size as usize;

@@ -395,3 +395,115 @@ async fn each_rpc_makes_the_fewest_round_trips() {
         );
     }
 }
+
+/// Each kind of List page is a statement PostgreSQL plans once per
+/// connection: after its fifth run, the prepared statement runs its generic
+/// plan. A LIMIT bound as a parameter prevents that (the generic plan then
+/// assumes a tenth of the rows, looks costlier than a plan for the value,
+/// and is never chosen), so every page was planned anew; the service writes
+/// the LIMIT into the text (`db::hot::with_limit`). Each statement the
+/// service sent is prepared here on one connection and run as often as a
+/// busy pool connection would run it.
+#[tokio::test]
+async fn list_pages_reuse_their_plan_on_postgres() {
+    use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
+
+    capture();
+    let app = TestApp::spawn().await;
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    for _ in 0..3 {
+        app.create_email().await;
+    }
+    // Enough rows that a plan's cost depends on how many the LIMIT lets
+    // through (with a handful, every plan costs next to nothing).
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO conversations (id, workspace_id, channel, customer_id, status, priority,
+                 tags, attributes, is_spam, created_at, updated_at, version)
+             SELECT gen_random_uuid(), '{ws}', 'email', '{customer}', 'open', 'normal',
+                 '[]', '{{}}', false, now() - n * interval '1 second',
+                 now() - n * interval '1 second', 1
+             FROM generate_series(1, 5000) AS n;
+             ANALYZE conversations",
+            ws = app.a.id,
+            customer = app.a.customer,
+        ))
+        .await
+        .unwrap();
+    let client = app.client().await;
+    let page = |page_token: String, filter: &str, order_by: &str| {
+        let (request, id) = tagged(
+            &app.a.token,
+            pb::ListConversationsRequest {
+                page_size: 2,
+                page_token,
+                filter: filter.into(),
+                order_by: order_by.into(),
+            },
+        );
+        let mut client = client.clone();
+        async move {
+            let next = client
+                .list_conversations(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .next_page_token;
+            let sent = sent(&id);
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            (sent[0].clone(), next)
+        }
+    };
+    let (first, next) = page(String::new(), "", "").await;
+    let (second, _) = page(next, "", "").await;
+    let (filtered, _) = page(String::new(), "channel = CHANNEL_EMAIL", "").await;
+    let (by_update, _) = page(String::new(), "", "updated_at desc").await;
+
+    let (ws, at, id) = (
+        app.a.id.to_string(),
+        "2026-01-01 00:00:00+00",
+        Uuid::nil().to_string(),
+    );
+    let cases: [(&str, &str, Vec<&str>); 4] = [
+        ("the first page", &first, vec![&ws]),
+        ("a next page", &second, vec![&ws, at, &id]),
+        ("a filtered page", &filtered, vec![&ws, "email"]),
+        ("a page by update time", &by_update, vec![&ws, at]),
+    ];
+    let db = Database::connect(app.database_url.as_str()).await.unwrap();
+    for (what, sql, args) in cases {
+        assert_eq!(
+            sql.matches('$').count(),
+            args.len(),
+            "{what}: the parameters are not what this test binds: {sql}"
+        );
+        let txn = db.begin().await.unwrap();
+        txn.execute_unprepared(&format!("PREPARE page AS {sql}"))
+            .await
+            .unwrap();
+        let values: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let execute = format!("EXECUTE page({})", values.join(", "));
+        for _ in 0..10 {
+            txn.execute_unprepared(&execute).await.unwrap();
+        }
+        let plans = txn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'page'",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let generic: i64 = plans.try_get_by_index(0).unwrap();
+        let custom: i64 = plans.try_get_by_index(1).unwrap();
+        assert!(
+            generic >= 5 && custom <= 5,
+            "{what} was planned on each run ({generic} runs of the generic plan, {custom} custom plans): {sql}"
+        );
+        // A prepared statement outlives the transaction.
+        txn.execute_unprepared("DEALLOCATE page").await.unwrap();
+        txn.rollback().await.unwrap();
+    }
+}
