@@ -398,7 +398,7 @@ mod tests {
         db.close().await.unwrap();
     }
 
-    /// Get and every List page bind their LIMIT. Without the query planner
+    /// Get and an update's reads bind their LIMIT. Without the query planner
     /// stability guarantee, SQLite marks such a statement stale each time
     /// that parameter is bound and parses it again on every call, so the
     /// prepared-statement cache saves nothing (`.cargo/config.toml` sets the

@@ -5,7 +5,8 @@
 //!
 //! The writes' transactions run on direct connections (`db::direct`), whose
 //! BEGIN and COMMIT the driver logs like any statement, so each call's
-//! transaction statements are pinned exactly, on both backends.
+//! transaction statements are pinned exactly, on both backends. On
+//! PostgreSQL, the List pages' statements are checked to keep their plan.
 
 use std::{
     collections::HashMap,
@@ -189,8 +190,9 @@ fn assert_statements(
         _ => "BEGIN",
     };
     let is_txn = |s: &&str| [begin, "COMMIT", "ROLLBACK"].contains(s);
-    // The statements are sea-query's, with every value bound: a `;` in
-    // their text only ever separates two of them.
+    // The statements are sea-query's, with every value bound (a List
+    // page's LIMIT, a number, is written in): a `;` in their text only ever
+    // separates two of them.
     // PostgreSQL's BEGIN carries its transaction's `SET LOCAL lock_timeout`
     // in the same exchange; that is part of beginning.
     let sent: Vec<&str> = sent
@@ -480,6 +482,10 @@ async fn list_pages_reuse_their_plan_on_postgres() {
             "{what}: the parameters are not what this test binds: {sql}"
         );
         let txn = db.begin().await.unwrap();
+        // PostgreSQL's default, whatever the cluster says.
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = auto")
+            .await
+            .unwrap();
         txn.execute_unprepared(&format!("PREPARE page AS {sql}"))
             .await
             .unwrap();
@@ -506,4 +512,5 @@ async fn list_pages_reuse_their_plan_on_postgres() {
         txn.execute_unprepared("DEALLOCATE page").await.unwrap();
         txn.rollback().await.unwrap();
     }
+    db.close().await.unwrap();
 }
