@@ -4,8 +4,6 @@
 //! counts if the field is written: on Update, a field outside the mask is
 //! ignored whatever it carries.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use prost_types::{FieldMask, Timestamp};
 use uuid::Uuid;
@@ -423,8 +421,9 @@ pub fn conversation_id(raw: &str, field: &str) -> Result<Uuid, Error> {
     })
 }
 
-pub fn conversation_to_proto(c: &Conversation) -> pb::Conversation {
-    let f = &c.fields;
+pub fn conversation_to_proto(c: Conversation) -> pb::Conversation {
+    let etag = c.etag();
+    let f = c.fields;
     pb::Conversation {
         id: c.id.to_string(),
         channel: match c.channel {
@@ -432,7 +431,7 @@ pub fn conversation_to_proto(c: &Conversation) -> pb::Conversation {
             Channel::Chat => pb::Channel::Chat,
         } as i32,
         customer_id: c.customer_id.to_string(),
-        subject: f.subject.clone(),
+        subject: f.subject,
         status: match f.status {
             Status::Open => pb::Status::Open,
             Status::OnHold => pb::Status::OnHold,
@@ -452,12 +451,8 @@ pub fn conversation_to_proto(c: &Conversation) -> pb::Conversation {
         } as i32,
         origin_agent_id: c.origin_agent_id.map(|id| id.to_string()),
         hold_until: f.hold_until.map(to_timestamp),
-        tags: f.tags.clone(),
-        attributes: f
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<BTreeMap<_, _>>(),
+        tags: f.tags,
+        attributes: f.attributes,
         is_spam: f.is_spam,
         spam_score: f.spam_score,
         first_response_at: f.first_response_at.map(to_timestamp),
@@ -465,7 +460,7 @@ pub fn conversation_to_proto(c: &Conversation) -> pb::Conversation {
         closed_at: c.closed_at.map(to_timestamp),
         created_at: Some(to_timestamp(c.created_at)),
         updated_at: Some(to_timestamp(c.updated_at)),
-        etag: c.etag(),
+        etag,
     }
 }
 

@@ -36,7 +36,7 @@ impl ConversationService for ConversationApi {
             db::conversation::create(&self.db, principal.workspace_id, new, request_id).await?;
         tracing::info!(conversation_id = %conversation.id, "conversation created");
         Ok(Response::new(pb::CreateConversationResponse {
-            conversation: Some(convert::conversation_to_proto(&conversation)),
+            conversation: Some(convert::conversation_to_proto(conversation)),
         }))
     }
 
@@ -60,7 +60,7 @@ impl ConversationService for ConversationApi {
         )
         .await?;
         Ok(Response::new(pb::UpdateConversationResponse {
-            conversation: Some(convert::conversation_to_proto(&conversation)),
+            conversation: Some(convert::conversation_to_proto(conversation)),
         }))
     }
 
@@ -87,7 +87,7 @@ impl ConversationService for ConversationApi {
         Ok(Response::new(pb::ListConversationsResponse {
             conversations: page
                 .conversations
-                .iter()
+                .into_iter()
                 .map(convert::conversation_to_proto)
                 .collect(),
             next_page_token,
@@ -103,7 +103,7 @@ impl ConversationService for ConversationApi {
         let _storage = self.metrics.database_call();
         let conversation = db::conversation::get(&self.db, principal.workspace_id, id).await?;
         Ok(Response::new(pb::GetConversationResponse {
-            conversation: Some(convert::conversation_to_proto(&conversation)),
+            conversation: Some(convert::conversation_to_proto(conversation)),
         }))
     }
 }
