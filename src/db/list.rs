@@ -5,7 +5,7 @@
 //! inserted or updated meanwhile never shift the pages.
 
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QueryTrait,
+    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
@@ -68,11 +68,22 @@ pub async fn list(
                 row.gt(at)
             });
         }
-        let mut statement = query
+        let query = query
             .order_by(sort, direction.clone())
-            .order_by(Column::Id, direction)
-            .build(backend);
-        statement.sql = super::hot::with_limit(&statement.sql, limit);
+            .order_by(Column::Id, direction);
+        let statement = if filter.0.is_empty() {
+            // Its best plan is the same index range whatever the values:
+            // reused from the plan cache (see `hot::with_limit`).
+            let mut statement = query.build(backend);
+            statement.sql = super::hot::with_limit(&statement.sql, limit);
+            statement
+        } else {
+            // A filter's best plan depends on its values (a rare tag is
+            // found through the GIN index, a common one by walking the
+            // order's index), so the LIMIT stays bound, and PostgreSQL keeps
+            // planning the page for the values it is given.
+            query.limit(u64::from(limit)).build(backend)
+        };
         super::hot::select(db, statement).await?
     };
 

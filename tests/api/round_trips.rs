@@ -190,9 +190,9 @@ fn assert_statements(
         _ => "BEGIN",
     };
     let is_txn = |s: &&str| [begin, "COMMIT", "ROLLBACK"].contains(s);
-    // The statements are sea-query's, with every value bound (a List
-    // page's LIMIT, a number, is written in): a `;` in their text only ever
-    // separates two of them.
+    // The statements are sea-query's, with every value bound (an
+    // unfiltered List page's LIMIT, a number, is written in): a `;` in their
+    // text only ever separates two of them.
     // PostgreSQL's BEGIN carries its transaction's `SET LOCAL lock_timeout`
     // in the same exchange; that is part of beginning.
     let sent: Vec<&str> = sent
@@ -398,14 +398,18 @@ async fn each_rpc_makes_the_fewest_round_trips() {
     }
 }
 
-/// Each kind of List page is a statement PostgreSQL plans once per
+/// An unfiltered List page is a statement PostgreSQL plans once per
 /// connection: after its fifth run, the prepared statement runs its generic
 /// plan. A LIMIT bound as a parameter prevents that (the generic plan then
 /// assumes a tenth of the rows, looks costlier than a plan for the value,
 /// and is never chosen), so every page was planned anew; the service writes
-/// the LIMIT into the text (`db::hot::with_limit`). Each statement the
+/// the LIMIT into the text (`db::hot::with_limit`). Each unfiltered page the
 /// service sent is prepared here on one connection and run as often as a
-/// busy pool connection would run it.
+/// busy pool connection would run it. A filtered page keeps its LIMIT bound,
+/// so that PostgreSQL goes on planning it for its values: over 772,000 rows,
+/// once a few calls for a rare tag had made a generic plan win, that plan
+/// walked the workspace's newest-first index for the next rare tag (475 ms)
+/// where the tags' GIN index finds it at once (1 ms).
 #[tokio::test]
 async fn list_pages_reuse_their_plan_on_postgres() {
     use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
@@ -422,13 +426,13 @@ async fn list_pages_reuse_their_plan_on_postgres() {
     // through (with a handful, every plan costs next to nothing).
     app.db
         .execute_unprepared(&format!(
-            "INSERT INTO conversations (id, workspace_id, channel, customer_id, status, priority,
+            r#"INSERT INTO conversations (id, workspace_id, channel, customer_id, status, priority,
                  tags, attributes, is_spam, created_at, updated_at, version)
              SELECT gen_random_uuid(), '{ws}', 'email', '{customer}', 'open', 'normal',
-                 '[]', '{{}}', false, now() - n * interval '1 second',
-                 now() - n * interval '1 second', 1
+                 '[]', '{{}}', false,
+                 now() - n * interval '1 second', now() - n * interval '1 second', 1
              FROM generate_series(1, 5000) AS n;
-             ANALYZE conversations",
+             ANALYZE conversations"#,
             ws = app.a.id,
             customer = app.a.customer,
         ))
@@ -460,18 +464,22 @@ async fn list_pages_reuse_their_plan_on_postgres() {
     };
     let (first, next) = page(String::new(), "", "").await;
     let (second, _) = page(next, "", "").await;
-    let (filtered, _) = page(String::new(), "channel = CHANNEL_EMAIL", "").await;
     let (by_update, _) = page(String::new(), "", "updated_at desc").await;
+    let (tagged_page, _) = page(String::new(), r#"tags:"rare""#, "").await;
+    let limit_bound = format!("LIMIT ${}", tagged_page.matches('$').count());
+    assert!(
+        tagged_page.ends_with(&limit_bound),
+        "a filtered page's LIMIT is bound: {tagged_page}"
+    );
 
     let (ws, at, id) = (
         app.a.id.to_string(),
         "2026-01-01 00:00:00+00",
         Uuid::nil().to_string(),
     );
-    let cases: [(&str, &str, Vec<&str>); 4] = [
+    let cases: [(&str, &str, Vec<&str>); 3] = [
         ("the first page", &first, vec![&ws]),
         ("a next page", &second, vec![&ws, at, &id]),
-        ("a filtered page", &filtered, vec![&ws, "email"]),
         ("a page by update time", &by_update, vec![&ws, at]),
     ];
     let db = Database::connect(app.database_url.as_str()).await.unwrap();
