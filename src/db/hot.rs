@@ -102,9 +102,9 @@ static NEWEST: LazyLock<Sql> = LazyLock::new(|| {
 /// the number in the text the generic plan costs what a custom one does,
 /// and after its fifth run the prepared statement runs it without planning.
 /// That is also why a filtered page keeps its LIMIT bound: its best plan
-/// depends on the values (`db::list`), and a generic plan chosen after a
-/// few rare tags walked the whole workspace for the next one (475 ms
-/// against 1 ms over 772,000 rows).
+/// depends on the values (`db::list`). With the LIMIT written in, a generic
+/// plan chosen after a few calls for a rare tag walked the whole workspace
+/// for the next one (475 ms against 1 ms over 772,000 rows).
 /// A page size gives one text per size, cached per connection like any
 /// other (sqlx keeps a connection's 100 most recent); a limit is a number
 /// the service computed, never a caller's text.
