@@ -14,7 +14,7 @@
 //! create's INSERT and, per set of changed columns, Update's UPDATE
 //! (`db::conversation`); other pages are built by SeaORM per call and bound
 //! as SeaORM binds them. An unfiltered page's LIMIT is written into its
-//! text ([`with_limit`]).
+//! text (`with_limit`).
 //! Either way sqlx prepares a text once per connection and caches the
 //! prepared statement. Rows from direct connections are decoded by column
 //! position into the entity model, skipping SeaORM's generic per-column
