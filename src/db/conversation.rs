@@ -121,6 +121,7 @@ pub async fn create(
         .await
         {
             Ok(None) if backend == DbBackend::Postgres => {
+                db.count_retried(|retried| &retried.creates);
                 super::hot::write_alone(db, insert_for_customer(backend, &row, OnHeld::Wait)).await
             }
             inserted => inserted,
@@ -296,6 +297,7 @@ pub async fn update(
         return to_domain(row);
     }
 
+    db.count_retried(|retried| &retried.updates);
     let (txn, row) = super::hot::begin_with_locked(db, workspace_id, id).await?;
     let locked = to_domain(row.ok_or(Error::ConversationNotFound)?)?;
     let Some(changes) = plan_changes(&txn, &locked, patch, expected_etag).await? else {

@@ -11,7 +11,14 @@ pub mod list;
 pub mod migration;
 pub mod token;
 
-use std::{ops::Deref, sync::Arc, time::Duration};
+use std::{
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -73,6 +80,28 @@ pub struct Db {
     pool: DatabaseConnection,
     writer: DatabaseConnection,
     direct: Direct,
+    retried: Arc<Retried>,
+}
+
+/// Conversation writes that ran alone, in autocommit, wrote nothing, and ran
+/// again in a transaction that waits (`db::conversation`): since this `Db`
+/// was connected, by the write's kind. An update goes on under the row's
+/// lock when another write changed or held its row between its read and its
+/// UPDATE; a plain create on PostgreSQL runs its INSERT again when its
+/// customer's or workspace's row was held (or the customer is missing, which
+/// the second INSERT then confirms). Many of them mean callers contend for
+/// the same rows, each paying the round trips twice.
+#[derive(Debug, Default)]
+struct Retried {
+    updates: AtomicU64,
+    creates: AtomicU64,
+}
+
+/// A snapshot of [`Db::retried_writes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetriedWrites {
+    pub updates: u64,
+    pub creates: u64,
 }
 
 /// How long a statement on a direct PostgreSQL connection may wait for a
@@ -214,6 +243,7 @@ pub async fn connect(settings: &DbSettings) -> Result<Db, DbErr> {
         pool,
         writer,
         direct,
+        retried: Arc::default(),
     })
 }
 
@@ -330,6 +360,19 @@ pub struct PoolStats {
 }
 
 impl Db {
+    /// How many conversation writes ran again in a transaction (see
+    /// `Retried`).
+    pub fn retried_writes(&self) -> RetriedWrites {
+        RetriedWrites {
+            updates: self.retried.updates.load(Ordering::Relaxed),
+            creates: self.retried.creates.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_retried(&self, counter: impl Fn(&Retried) -> &AtomicU64) {
+        counter(&self.retried).fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The read pool, the direct connections and, on SQLite, SeaORM's writer
     /// connection, together: a call waiting for any is waiting for a
     /// connection.

@@ -6,9 +6,11 @@
 //! - `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`
 //!   (a histogram with go-grpc-prometheus's default buckets)
 //!
-//! and beside them the database pool (`db_pool_*`) and authentication
-//! failures by reason (`auth_failures_total{reason}`; the reason is the
-//! ErrorInfo reason the caller got, never anything of the token).
+//! and beside them the database pool (`db_pool_*`), conversation writes
+//! that ran again in a transaction because their row was changed or held
+//! (`db_writes_retried_total{write}`), and authentication failures by
+//! reason (`auth_failures_total{reason}`; the reason is the ErrorInfo
+//! reason the caller got, never anything of the token).
 //!
 //! Each server owns its own registry, so servers in one process (tests,
 //! replicas) never mix their counts.
@@ -24,8 +26,15 @@ use std::{
 
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        TypedMetric,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 use prost::Message;
@@ -126,6 +135,32 @@ struct PoolLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    write: &'static str,
+}
+
+/// `db_writes_retried_total{write}`, read from the storage layer's own
+/// counts (`Db::retried_writes`) at each scrape.
+#[derive(Debug)]
+struct RetriedWrites(Db);
+
+impl Collector for RetriedWrites {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let retried = self.0.retried_writes();
+        let mut family = encoder.encode_descriptor(
+            "db_writes_retried",
+            "Conversation writes that ran alone, found their row changed or held (a create: its customer's or workspace's row held, or the customer missing), and ran again in a transaction that waits",
+            None,
+            ConstCounter::<u64>::TYPE,
+        )?;
+        for (write, count) in [("update", retried.updates), ("create", retried.creates)] {
+            ConstCounter::new(count).encode(family.encode_family(&WriteLabels { write })?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The server's metrics. Cheap to clone; every clone counts into the same
 /// registry.
 #[derive(Clone)]
@@ -219,6 +254,9 @@ impl Metrics {
             "Calls in the storage layer that hold no database connection: waiting for one",
             pool_waiters.clone(),
         );
+        if let Some(db) = &db {
+            registry.register_collector(Box::new(RetriedWrites(db.clone())));
+        }
         Self {
             inner: Arc::new(Inner {
                 registry,

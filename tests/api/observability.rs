@@ -373,3 +373,77 @@ async fn calls_queued_for_a_connection_are_counted_as_waiters() {
     let text = app.scrape_metrics().await;
     assert_eq!(sample(&text, "db_pool_waiters", ""), 0.0, "{text}");
 }
+
+/// Writes that wrote nothing alone and ran again in a transaction are
+/// counted, by kind: on-call's sign that callers contend for the same rows.
+/// On PostgreSQL a held row sends each kind down that path for certain: an
+/// update of a locked conversation, a create for a locked customer.
+#[tokio::test]
+async fn writes_run_again_in_a_transaction_are_counted() {
+    use conversation_service::db::{begin_write, entity::customer};
+    use sea_orm::{DbBackend, EntityTrait, QuerySelect};
+
+    let retried = |text: &str, write: &str| {
+        sample(
+            text,
+            "db_writes_retried_total",
+            &format!(r#"write="{write}""#),
+        )
+    };
+    let app = TestApp::spawn().await;
+    let created = app.create_email().await;
+    let subject = |text: &str| pb::Conversation {
+        subject: Some(text.into()),
+        ..with_id(&created.id)
+    };
+    app.update(&app.a.token, subject("alone"), Some(&["subject"]))
+        .await
+        .unwrap();
+    let text = app.scrape_metrics().await;
+    // Both series are there from the start, at 0: nothing ran again.
+    for write in ["update", "create"] {
+        assert!(
+            text.contains(&format!(r#"db_writes_retried_total{{write="{write}"}} 0"#)),
+            "{text}"
+        );
+    }
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+
+    let lock = lock_row(&app, &created.id).await;
+    let release = async {
+        eventually(std::time::Duration::from_secs(10), async || {
+            lock_waiters(&app).await >= 1
+        })
+        .await;
+        lock.commit().await.unwrap();
+    };
+    let (updated, ()) = tokio::join!(
+        app.update(&app.a.token, subject("held"), Some(&["subject"])),
+        release
+    );
+    assert_eq!(updated.unwrap().subject.as_deref(), Some("held"));
+    let text = app.scrape_metrics().await;
+    assert_eq!(retried(&text, "update"), 1.0, "{text}");
+    assert_eq!(retried(&text, "create"), 0.0, "{text}");
+
+    let lock = begin_write(&app.db).await.unwrap();
+    customer::Entity::find_by_id(app.a.customer)
+        .lock_exclusive()
+        .one(&lock)
+        .await
+        .unwrap();
+    let release = async {
+        eventually(std::time::Duration::from_secs(10), async || {
+            lock_waiters(&app).await >= 1
+        })
+        .await;
+        lock.commit().await.unwrap();
+    };
+    let (created, ()) = tokio::join!(app.create(&app.a.token, email(&app.a)), release);
+    created.unwrap();
+    let text = app.scrape_metrics().await;
+    assert_eq!(retried(&text, "update"), 1.0, "{text}");
+    assert_eq!(retried(&text, "create"), 1.0, "{text}");
+}
