@@ -121,8 +121,15 @@ pub async fn create(
         .await
         {
             Ok(None) if backend == DbBackend::Postgres => {
-                db.count_retried(|retried| &retried.creates);
-                super::hot::write_alone(db, insert_for_customer(backend, &row, OnHeld::Wait)).await
+                let again =
+                    super::hot::write_alone(db, insert_for_customer(backend, &row, OnHeld::Wait))
+                        .await;
+                // Counted once it inserted: a missing customer is no
+                // contention.
+                if let Ok(Some(_)) = again {
+                    db.count_retried(|retried| &retried.creates);
+                }
+                again
             }
             inserted => inserted,
         },

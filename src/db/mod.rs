@@ -88,9 +88,10 @@ pub struct Db {
 /// was connected, by the write's kind. An update goes on under the row's
 /// lock when another write changed or held its row between its read and its
 /// UPDATE; a plain create on PostgreSQL runs its INSERT again when its
-/// customer's or workspace's row was held (or the customer is missing, which
-/// the second INSERT then confirms). Many of them mean callers contend for
-/// the same rows, each paying the round trips twice.
+/// customer's or workspace's row was held, and is counted once that INSERT
+/// inserted (the first also writes nothing for a missing customer, which is
+/// no contention). Many of them mean callers contend for the same rows, each
+/// paying the round trips twice.
 #[derive(Debug, Default)]
 struct Retried {
     updates: AtomicU64,

@@ -143,14 +143,14 @@ struct WriteLabels {
 /// `db_writes_retried_total{write}`, read from the storage layer's own
 /// counts (`Db::retried_writes`) at each scrape.
 #[derive(Debug)]
-struct RetriedWrites(Db);
+struct WriteRetriesCollector(Db);
 
-impl Collector for RetriedWrites {
+impl Collector for WriteRetriesCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let retried = self.0.retried_writes();
         let mut family = encoder.encode_descriptor(
             "db_writes_retried",
-            "Conversation writes that ran alone, found their row changed or held (a create: its customer's or workspace's row held, or the customer missing), and ran again in a transaction that waits",
+            "Conversation writes that ran alone, found their row changed or held (a create: its customer's or workspace's row), and ran again in a transaction that waits.",
             None,
             ConstCounter::<u64>::TYPE,
         )?;
@@ -255,7 +255,7 @@ impl Metrics {
             pool_waiters.clone(),
         );
         if let Some(db) = &db {
-            registry.register_collector(Box::new(RetriedWrites(db.clone())));
+            registry.register_collector(Box::new(WriteRetriesCollector(db.clone())));
         }
         Self {
             inner: Arc::new(Inner {

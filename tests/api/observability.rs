@@ -377,7 +377,8 @@ async fn calls_queued_for_a_connection_are_counted_as_waiters() {
 /// Writes that wrote nothing alone and ran again in a transaction are
 /// counted, by kind: on-call's sign that callers contend for the same rows.
 /// On PostgreSQL a held row sends each kind down that path for certain: an
-/// update of a locked conversation, a create for a locked customer.
+/// update of a locked conversation, a create for a locked customer. A
+/// create refused for a missing customer is no contention and not counted.
 #[tokio::test]
 async fn writes_run_again_in_a_transaction_are_counted() {
     use conversation_service::db::{begin_write, entity::customer};
@@ -445,5 +446,15 @@ async fn writes_run_again_in_a_transaction_are_counted() {
     created.unwrap();
     let text = app.scrape_metrics().await;
     assert_eq!(retried(&text, "update"), 1.0, "{text}");
+    assert_eq!(retried(&text, "create"), 1.0, "{text}");
+
+    // A customer that is not there also makes the first INSERT write
+    // nothing; the create is refused, and that is no contention.
+    let stranger = pb::Conversation {
+        customer_id: Uuid::now_v7().to_string(),
+        ..email(&app.a)
+    };
+    app.create(&app.a.token, stranger).await.unwrap_err();
+    let text = app.scrape_metrics().await;
     assert_eq!(retried(&text, "create"), 1.0, "{text}");
 }

@@ -472,11 +472,8 @@ async fn list_pages_reuse_their_plan_on_postgres() {
         "a filtered page's LIMIT is bound: {tagged_page}"
     );
 
-    let (ws, at, id) = (
-        app.a.id.to_string(),
-        "2026-01-01 00:00:00+00",
-        Uuid::nil().to_string(),
-    );
+    // A cursor at the moment of the call, as a first page's would be.
+    let (ws, at, id) = (app.a.id.to_string(), "now", Uuid::max().to_string());
     let cases: [(&str, &str, Vec<&str>); 3] = [
         ("the first page", &first, vec![&ws]),
         ("a next page", &second, vec![&ws, at, &id]),
