@@ -30,10 +30,11 @@ bench:
 clients:
 	@bash scripts/clients.sh
 
-## Static checks.
+## Static checks: rustfmt, clippy, rustdoc (broken doc links) and buf lint.
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 	@bash -c 'cd proto && ../.tools/buf/node_modules/.bin/buf lint'
 
 fmt:
