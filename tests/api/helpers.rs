@@ -439,6 +439,22 @@ pub async fn lock_waiters(app: &TestApp) -> i64 {
     row.try_get::<i64>("", "n").unwrap()
 }
 
+/// Holds the row of the workspace `a`'s customer under a write lock until
+/// the transaction ends: a create for that customer finds it held
+/// (PostgreSQL; on SQLite the transaction holds the whole database).
+pub async fn lock_customer(app: &TestApp) -> sea_orm::DatabaseTransaction {
+    use conversation_service::db::{begin_write, entity::customer};
+    use sea_orm::{EntityTrait, QuerySelect};
+
+    let txn = begin_write(&app.db).await.unwrap();
+    customer::Entity::find_by_id(app.a.customer)
+        .lock_exclusive()
+        .one(&txn)
+        .await
+        .unwrap();
+    txn
+}
+
 /// Holds the write lock of `id` (the whole database on SQLite) until dropped,
 /// so that an update of it waits: a call that is reliably in progress.
 pub async fn lock_row(app: &TestApp, id: &str) -> sea_orm::DatabaseTransaction {

@@ -549,18 +549,7 @@ async fn a_refused_create_does_not_wait_for_the_writer() {
 /// the write lock of the whole file; on PostgreSQL the row of workspace A's
 /// customer, which the INSERT's foreign key check must share-lock.
 async fn lock_writes(app: &TestApp) -> sea_orm::DatabaseTransaction {
-    use conversation_service::db::{begin_write, entity::customer};
-    use sea_orm::{ConnectionTrait, DbBackend, QuerySelect};
-
-    let lock = begin_write(&app.db).await.unwrap();
-    if lock.get_database_backend() == DbBackend::Postgres {
-        customer::Entity::find_by_id(app.a.customer)
-            .lock_exclusive()
-            .one(&lock)
-            .await
-            .unwrap();
-    }
-    lock
+    lock_customer(app).await
 }
 
 /// A write that finds the database locked by another process waits for it,

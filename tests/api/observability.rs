@@ -381,8 +381,7 @@ async fn calls_queued_for_a_connection_are_counted_as_waiters() {
 /// create refused for a missing customer is no contention and not counted.
 #[tokio::test]
 async fn writes_run_again_in_a_transaction_are_counted() {
-    use conversation_service::db::{begin_write, entity::customer};
-    use sea_orm::{DbBackend, EntityTrait, QuerySelect};
+    use sea_orm::DbBackend;
 
     let retried = |text: &str, write: &str| {
         sample(
@@ -429,12 +428,7 @@ async fn writes_run_again_in_a_transaction_are_counted() {
     assert_eq!(retried(&text, "update"), 1.0, "{text}");
     assert_eq!(retried(&text, "create"), 0.0, "{text}");
 
-    let lock = begin_write(&app.db).await.unwrap();
-    customer::Entity::find_by_id(app.a.customer)
-        .lock_exclusive()
-        .one(&lock)
-        .await
-        .unwrap();
+    let lock = lock_customer(&app).await;
     let release = async {
         eventually(std::time::Duration::from_secs(10), async || {
             lock_waiters(&app).await >= 1

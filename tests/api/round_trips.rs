@@ -256,14 +256,7 @@ async fn each_rpc_makes_the_fewest_round_trips() {
 
         // With the customer's row held by another transaction, the INSERT
         // inserts nothing, and runs again in a transaction, which waits.
-        use conversation_service::db::{begin_write, entity::customer};
-        use sea_orm::{EntityTrait, QuerySelect};
-        let lock = begin_write(&app.db).await.unwrap();
-        customer::Entity::find_by_id(app.a.customer)
-            .lock_exclusive()
-            .one(&lock)
-            .await
-            .unwrap();
+        let lock = lock_customer(&app).await;
         let (request, held) = tagged(
             token,
             pb::CreateConversationRequest {
