@@ -22,6 +22,18 @@ async fn conversation_count(app: &TestApp) -> u64 {
         .unwrap()
 }
 
+/// After a lock a timed-out create met is released, and after time for an
+/// INSERT still waiting in the database to have committed, the workspace
+/// still has `before` conversations.
+async fn assert_timed_out_create_wrote_nothing(app: &TestApp, before: u64) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        conversation_count(app).await,
+        before,
+        "the timed-out create wrote nothing"
+    );
+}
+
 /// Every case is refused with the given code and reason, and nothing changes.
 #[tokio::test]
 async fn bad_values_are_refused_and_change_nothing() {
@@ -419,12 +431,7 @@ async fn a_create_past_the_request_timeout_writes_nothing() {
     // fell to meet the lock (and have no effect) before it goes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     lock.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        conversation_count(&app).await,
-        before,
-        "the timed-out create wrote nothing"
-    );
+    assert_timed_out_create_wrote_nothing(&app, before).await;
     // Nothing was left holding the writer or a broken connection.
     app.create_email().await;
     assert_eq!(conversation_count(&app).await, before + 1);
@@ -462,12 +469,7 @@ async fn writes_that_meet_a_table_lock_write_nothing_after_their_deadline() {
     assert_code(create, Code::DeadlineExceeded, "REQUEST_TIMEOUT");
     assert_code(update, Code::DeadlineExceeded, "REQUEST_TIMEOUT");
     lock.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        conversation_count(&app).await,
-        before,
-        "the timed-out create wrote nothing"
-    );
+    assert_timed_out_create_wrote_nothing(&app, before).await;
     assert_eq!(
         app.get(&app.a.token, &created.id).await.unwrap(),
         created,
