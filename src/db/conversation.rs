@@ -231,22 +231,24 @@ fn insert_query(
         .and_where(customer::Column::Id.eq(customer_id))
         .and_where(customer::Column::WorkspaceId.eq(workspace_id))
         .to_owned();
-    let mut select = Query::select();
-    select.exprs(values.into_iter().map(Expr::val));
-    if on_held == OnHeld::Skip {
-        // The rows the foreign key checks share-lock, locked first, or
-        // skipped if held (SQLite's builder writes no lock clause).
+    // To skip held rows: the rows the foreign key checks share-lock, locked
+    // first, or skipped if held (SQLite's builder writes no lock clause).
+    let skips = on_held == OnHeld::Skip;
+    if skips {
         customer_in_workspace.lock_with_behavior(LockType::KeyShare, LockBehavior::SkipLocked);
+    }
+    let mut select = Query::select();
+    select
+        .exprs(values.into_iter().map(Expr::val))
+        .and_where(Expr::exists(customer_in_workspace));
+    if skips {
         let workspace = Query::select()
             .expr(Expr::cust("1"))
             .from(workspace::Entity)
             .and_where(workspace::Column::Id.eq(workspace_id))
             .lock_with_behavior(LockType::KeyShare, LockBehavior::SkipLocked)
             .to_owned();
-        select.and_where(Expr::exists(customer_in_workspace));
         select.and_where(Expr::exists(workspace));
-    } else {
-        select.and_where(Expr::exists(customer_in_workspace));
     }
     Query::insert()
         .into_table(Entity)
