@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then rows_default=100000; seconds_default=2; sqlite_rows_default=20000; else rows_default=1000000; seconds_default=8; sqlite_rows_default=100000; fi
+if [ "$QUICK" = 1 ]; then rows_default=100000; seconds_default=1; sqlite_rows_default=20000; else rows_default=1000000; seconds_default=8; sqlite_rows_default=100000; fi
 SQLITE_ROWS=${BENCH_SQLITE_ROWS:-$sqlite_rows_default}
 ROWS=${BENCH_ROWS:-$rows_default}
 SECONDS_PER_OP=${BENCH_SECONDS:-$seconds_default}
