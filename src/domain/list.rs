@@ -1,7 +1,7 @@
 //! ListConversations: the AIP-160 filter subset, the four orders, and the
 //! keyset cursor that a page token carries.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use uuid::Uuid;
 
 use super::conversation::{Channel, Priority, Status};
@@ -9,6 +9,11 @@ use super::time::truncate_to_micros;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+/// The most terms a filter may join with AND. Each term is one condition of
+/// the page's WHERE clause; SQLite refuses an expression about a thousand
+/// deep, and no useful filter repeats a field this often.
+pub const MAX_FILTER_TERMS: usize = 50;
 
 /// The page size a request asks for: 0 means the default, anything above the
 /// maximum is cut to it, a negative one is refused.
@@ -179,6 +184,12 @@ impl Filter {
                     [] => unreachable!(),
                 }
             }
+            if conditions.len() == MAX_FILTER_TERMS {
+                return Err(format!(
+                    "at character {}: more than {MAX_FILTER_TERMS} terms",
+                    rest[0].0 + 1
+                ));
+            }
             let (condition, tail) = term(rest, end)?;
             conditions.push(condition);
             rest = tail;
@@ -209,14 +220,16 @@ fn term(tokens: Tokens<'_>, end: usize) -> Result<(Condition, Tokens<'_>), Strin
     let Some((op_at, Token::Op(op))) = tokens.get(1) else {
         let where_ = tokens.get(1).map_or(end, |(p, _)| p + 1);
         return Err(format!(
-            "at character {where_}: expected an operator after `{field}`"
+            "at character {where_}: expected an operator after `{}`",
+            super::violation::excerpt(field)
         ));
     };
     let (value_at, value) = match tokens.get(2) {
         Some((p, value)) => (p + 1, value),
         None => {
             return Err(format!(
-                "at character {end}: expected a value after `{field} {op}`"
+                "at character {end}: expected a value after `{} {op}`",
+                super::violation::excerpt(field)
             ));
         }
     };
@@ -254,9 +267,9 @@ fn term(tokens: Tokens<'_>, end: usize) -> Result<(Condition, Tokens<'_>), Strin
             )
         })
     };
-    let time = |raw: &str| {
+    let time = |bound: Bound, raw: &str| {
         DateTime::parse_from_rfc3339(raw)
-            .map(|t| truncate_to_micros(t.with_timezone(&Utc)))
+            .map(|t| to_stored_precision(bound, t.with_timezone(&Utc)))
             .map_err(|_| {
                 format!(
                     "at character {value_at}: `{}` is not an RFC 3339 time",
@@ -319,8 +332,14 @@ fn term(tokens: Tokens<'_>, end: usize) -> Result<(Condition, Tokens<'_>), Strin
             };
             Condition::IsSpam(equality()?, value)
         }
-        "created_at" => Condition::CreatedAt(bound()?, time(text("a time")?)?),
-        "updated_at" => Condition::UpdatedAt(bound()?, time(text("a time")?)?),
+        "created_at" => {
+            let bound = bound()?;
+            Condition::CreatedAt(bound, time(bound, text("a time")?)?)
+        }
+        "updated_at" => {
+            let bound = bound()?;
+            Condition::UpdatedAt(bound, time(bound, text("a time")?)?)
+        }
         "tags" => {
             if *op != ":" {
                 return Err(bad_op());
@@ -337,6 +356,19 @@ fn term(tokens: Tokens<'_>, end: usize) -> Result<(Condition, Tokens<'_>), Strin
         }
     };
     Ok((condition, &tokens[3..]))
+}
+
+/// `t` in whole microseconds, as times are stored, on the same side of
+/// every stored time: `> t` holds for what `> t cut to the microsecond`
+/// holds for, and `< t` for what `< the next microsecond` holds for when `t`
+/// has a finer fraction (cutting it down would leave out a time stored at
+/// exactly the microsecond cut to).
+fn to_stored_precision(bound: Bound, t: DateTime<Utc>) -> DateTime<Utc> {
+    let cut = truncate_to_micros(t);
+    match bound {
+        Bound::Before if cut < t => cut + chrono::TimeDelta::microseconds(1),
+        _ => cut,
+    }
 }
 
 /// Where a page ends: the sort value and id of its last conversation, and
@@ -403,10 +435,14 @@ impl PageToken {
         let ["v1", bound_to, micros, id, snapshot] = parts.as_slice() else {
             return Err(garbage());
         };
+        // The service writes only times of years 1 to 9999 (those RFC 3339
+        // can spell); a token edited past them would reach the database
+        // (PostgreSQL's start in 4713 BC).
         let time = |raw: &str| {
             raw.parse::<i64>()
                 .ok()
                 .and_then(DateTime::from_timestamp_micros)
+                .filter(|t| (1..=9999).contains(&t.year()))
                 .ok_or_else(garbage)
         };
         let sort_value = time(micros)?;
@@ -512,6 +548,94 @@ mod tests {
             assert!(
                 error.contains(position) && error.contains(why),
                 "{raw:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_at_most_an_excerpt_of_the_filter() {
+        let long = "a".repeat(20_000);
+        for raw in [long.clone(), format!("{long} ="), format!("{long} = ")] {
+            let error = Filter::parse(&raw).unwrap_err();
+            assert!(error.len() < 200, "{} bytes: {error:.100}", error.len());
+        }
+    }
+
+    #[test]
+    fn a_filter_has_at_most_fifty_terms() {
+        let terms = |n: usize| vec!["is_spam = false"; n].join(" AND ");
+        assert_eq!(Filter::parse(&terms(50)).unwrap().0.len(), 50);
+        let error = Filter::parse(&terms(51)).unwrap_err();
+        // The 51st term starts after 50 terms of 15 characters and 50 " AND ".
+        assert!(
+            error.contains("character 1001") && error.contains("more than 50 terms"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn time_bounds_keep_stored_microseconds_on_their_side() {
+        let at = |raw: &str| raw.parse::<DateTime<Utc>>().unwrap();
+        let cases = [
+            // A finer fraction: `<` rounds up, `>` down.
+            (
+                "created_at < \"2026-01-01T00:00:00.0000005Z\"",
+                Bound::Before,
+                "2026-01-01T00:00:00.000001Z",
+            ),
+            (
+                "created_at > \"2026-01-01T00:00:00.0000005Z\"",
+                Bound::After,
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "updated_at < \"2026-01-01T00:00:00.000000999Z\"",
+                Bound::Before,
+                "2026-01-01T00:00:00.000001Z",
+            ),
+            // Whole microseconds stay as they are.
+            (
+                "updated_at < \"2026-01-01T00:00:00.000007Z\"",
+                Bound::Before,
+                "2026-01-01T00:00:00.000007Z",
+            ),
+            (
+                "created_at > \"2026-01-01T01:00:00.000007+01:00\"",
+                Bound::After,
+                "2026-01-01T00:00:00.000007Z",
+            ),
+        ];
+        for (raw, bound, expected) in cases {
+            let parsed = Filter::parse(raw).unwrap().0;
+            let (Condition::CreatedAt(b, t) | Condition::UpdatedAt(b, t)) = parsed[0] else {
+                panic!("{raw}: {parsed:?}");
+            };
+            assert_eq!((b, t), (bound, at(expected)), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_token_edited_to_a_time_the_service_never_writes_is_refused() {
+        use base64::Engine;
+        let filter = Filter::default();
+        let bound_to = binding(&filter, Order::CreatedDesc);
+        let id = Uuid::from_u128(7).simple();
+        let token = |micros: i64, snapshot: i64| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("v1.{bound_to}.{micros}.{id}.{snapshot}"))
+        };
+        let now = Utc::now().timestamp_micros();
+        assert!(PageToken::decode(&token(now, now), &filter, Order::CreatedDesc).is_ok());
+        // About 5953 BC, and past the year 9999.
+        for (micros, snapshot) in [
+            (-250_000_000_000_000_000, now),
+            (now, 253_402_300_800_000_000),
+        ] {
+            assert!(
+                PageToken::decode(&token(micros, snapshot), &filter, Order::CreatedDesc)
+                    .unwrap_err()
+                    .contains("not a page token"),
+                "{micros} {snapshot}"
             );
         }
     }
