@@ -135,3 +135,64 @@ async fn a_last_statement_after_a_failed_one_does_not_commit() {
     let row = hot::by_id(&app.db, app.a.id, id).await.unwrap().unwrap();
     assert_eq!(row.subject, created.subject);
 }
+
+/// The columns of each index on `conversations`, in order, comma-joined.
+async fn conversation_indexes(app: &TestApp) -> Vec<String> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let backend = app.db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT string_agg(a.attname, ',' ORDER BY k.n) AS columns \
+             FROM pg_index x \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
+             WHERE t.relname = 'conversations' AND pg_table_is_visible(t.oid) \
+             GROUP BY x.indexrelid"
+        }
+        _ => {
+            "SELECT group_concat(name, ',') AS columns FROM ( \
+               SELECT l.name AS idx, i.name AS name \
+               FROM pragma_index_list('conversations') AS l, pragma_index_info(l.name) AS i \
+               ORDER BY l.name, i.seqno) \
+             GROUP BY idx"
+        }
+    };
+    app.db
+        .query_all_raw(Statement::from_string(backend, sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "columns").unwrap())
+        .collect()
+}
+
+/// Every List order, and every column a filter compares with `=`, has an
+/// index led by workspace_id that ends in the order's key and id: a page,
+/// even of a value rare in its workspace, is a range scan of one index.
+#[tokio::test]
+async fn every_order_and_filtered_column_has_a_workspace_index() {
+    let app = TestApp::spawn().await;
+    let indexes = conversation_indexes(&app).await;
+    let mut wanted = vec![
+        "workspace_id,created_at,id".to_owned(),
+        "workspace_id,updated_at,id".to_owned(),
+    ];
+    for column in [
+        "status",
+        "priority",
+        "channel",
+        "customer_id",
+        "assignee_id",
+        "is_spam",
+    ] {
+        wanted.push(format!("workspace_id,{column},created_at,id"));
+    }
+    for columns in wanted {
+        assert!(
+            indexes.contains(&columns),
+            "no index on ({columns}); indexes: {indexes:?}"
+        );
+    }
+}

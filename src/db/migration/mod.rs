@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_initial;
 mod m20261121_000002_list_indexes;
+mod m20261122_000001_channel_spam_indexes;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261121_000002_list_indexes::Migration),
+            Box::new(m20261122_000001_channel_spam_indexes::Migration),
         ]
     }
 }
