@@ -537,3 +537,43 @@ async fn paging_under_concurrent_inserts_and_updates() {
         );
     }
 }
+
+/// An `updated_at` pass lists the conversations as they were at its first
+/// page: one updated after it was listed is not listed again, and one
+/// updated before its turn is left to the next pass (the README and the
+/// proto say so). The next pass lists both, last.
+#[tokio::test]
+async fn an_updated_at_pass_lists_conversations_as_of_its_first_page() {
+    let app = TestApp::spawn().await;
+    let ids: Vec<String> = bulk(&app, 6, false)
+        .await
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
+    let first = list(&app, &app.a.token, 2, "", "", "updated_at")
+        .await
+        .unwrap();
+    let listed: Vec<&str> = first.conversations.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(listed, [&ids[0], &ids[1]]);
+    for (i, id) in [&ids[0], &ids[4]].into_iter().enumerate() {
+        let sent = pb::Conversation {
+            subject: Some(format!("moved {i}")),
+            ..with_id(id)
+        };
+        app.update(&app.a.token, sent, Some(&["subject"]))
+            .await
+            .unwrap();
+    }
+    let (mut rest, mut token) = (Vec::new(), first.next_page_token);
+    while !token.is_empty() {
+        let page = list(&app, &app.a.token, 2, &token, "", "updated_at")
+            .await
+            .unwrap();
+        rest.extend(page.conversations.into_iter().map(|c| c.id));
+        token = page.next_page_token;
+    }
+    assert_eq!(rest, [ids[2].clone(), ids[3].clone(), ids[5].clone()]);
+    let next_pass = all_pages(&app, 2, "", "updated_at").await;
+    let expected: Vec<String> = [1, 2, 3, 5, 0, 4].map(|i| ids[i].clone()).into();
+    assert_eq!(next_pass, expected);
+}
