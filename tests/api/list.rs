@@ -230,6 +230,10 @@ async fn filters_match_exactly_what_they_say() {
             tags: vec!["a".into(), "vip".into()],
             ..chat(&app.a)
         },
+        pb::Conversation {
+            tags: vec![r#"say "hi""#.into(), r"a\b".into()],
+            ..email(&app.a)
+        },
         email(&app.a),
     ];
     let mut created = Vec::new();
@@ -324,6 +328,20 @@ async fn filters_match_exactly_what_they_say() {
             r#"tags:"vip""#.into(),
             Box::new(|c| c.tags.iter().any(|t| t == "vip")),
         ),
+        // Inside quotes a backslash escapes the next character; the tag
+        // asked for is trimmed, as stored tags are.
+        (
+            r#"tags:"say \"hi\"""#.into(),
+            Box::new(|c| c.tags.iter().any(|t| t == r#"say "hi""#)),
+        ),
+        (
+            r#"tags:"a\\b""#.into(),
+            Box::new(|c| c.tags.iter().any(|t| t == r"a\b")),
+        ),
+        (
+            r#"tags:" vip ""#.into(),
+            Box::new(|c| c.tags.iter().any(|t| t == "vip")),
+        ),
         (
             r#"tags:"vip" AND channel = CHANNEL_EMAIL"#.into(),
             Box::new(|c| c.tags.iter().any(|t| t == "vip") && c.channel == 1),
@@ -368,6 +386,31 @@ async fn a_bad_filter_says_where_it_broke() {
         let description = assert_bad_request(&status, "filter");
         assert!(description.contains(fragment), "{filter}: {description}");
     }
+}
+
+/// INVALID_ARGUMENT lists every violation of the request, not the first;
+/// a page token is checked once the filter and order it is bound to parse.
+#[tokio::test]
+async fn every_violation_of_a_list_request_is_listed() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    let fields = |status: Status| -> Vec<String> {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let details = status.get_error_details();
+        let violations = &details
+            .bad_request()
+            .expect("a BadRequest")
+            .field_violations;
+        violations.iter().map(|v| v.field.clone()).collect()
+    };
+    let status = list(&app, &app.a.token, -1, "garbage!", "status ~ x", "id")
+        .await
+        .unwrap_err();
+    assert_eq!(fields(status), ["page_size", "filter", "order_by"]);
+    let status = list(&app, &app.a.token, -1, "garbage!", "", "")
+        .await
+        .unwrap_err();
+    assert_eq!(fields(status), ["page_size", "page_token"]);
 }
 
 /// A filter too long to be one (a thousand terms would pass SQLite's
