@@ -1,11 +1,11 @@
 //! ListConversations: the AIP-160 filter subset, the four orders, and the
 //! keyset cursor that a page token carries.
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::conversation::{Channel, Priority, Status};
-use super::time::truncate_to_micros;
+use super::time::{is_supported, truncate_to_micros};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
@@ -185,9 +185,10 @@ impl Filter {
                 }
             }
             if conditions.len() == MAX_FILTER_TERMS {
+                // `rest` is empty after a trailing AND.
+                let at = rest.first().map_or(end, |(at, _)| at + 1);
                 return Err(format!(
-                    "at character {}: more than {MAX_FILTER_TERMS} terms",
-                    rest[0].0 + 1
+                    "at character {at}: more than {MAX_FILTER_TERMS} terms"
                 ));
             }
             let (condition, tail) = term(rest, end)?;
@@ -268,14 +269,21 @@ fn term(tokens: Tokens<'_>, end: usize) -> Result<(Condition, Tokens<'_>), Strin
         })
     };
     let time = |bound: Bound, raw: &str| {
-        DateTime::parse_from_rfc3339(raw)
+        let t = DateTime::parse_from_rfc3339(raw)
             .map(|t| to_stored_precision(bound, t.with_timezone(&Utc)))
             .map_err(|_| {
                 format!(
                     "at character {value_at}: `{}` is not an RFC 3339 time",
                     super::violation::excerpt(raw)
                 )
-            })
+            })?;
+        if !is_supported(t) {
+            return Err(format!(
+                "at character {value_at}: `{}` is outside 0001-01-01 to 9999-12-31 UTC",
+                super::violation::excerpt(raw)
+            ));
+        }
+        Ok(t)
     };
     let unknown_value = |raw: &str| {
         format!(
@@ -435,14 +443,13 @@ impl PageToken {
         let ["v1", bound_to, micros, id, snapshot] = parts.as_slice() else {
             return Err(garbage());
         };
-        // The service writes only times of years 1 to 9999 (those RFC 3339
-        // can spell); a token edited past them would reach the database
-        // (PostgreSQL's start in 4713 BC).
+        // The service issues only times it keeps (`time::is_supported`);
+        // a token edited past them would reach the database.
         let time = |raw: &str| {
             raw.parse::<i64>()
                 .ok()
                 .and_then(DateTime::from_timestamp_micros)
-                .filter(|t| (1..=9999).contains(&t.year()))
+                .filter(|t| is_supported(*t))
                 .ok_or_else(garbage)
         };
         let sort_value = time(micros)?;
@@ -571,6 +578,9 @@ mod tests {
             error.contains("character 1001") && error.contains("more than 50 terms"),
             "{error}"
         );
+        // Nothing after the last AND: the position is the end.
+        let error = Filter::parse(&format!("{} AND", terms(50))).unwrap_err();
+        assert!(error.contains("character 1000"), "{error}");
     }
 
     #[test]
@@ -593,6 +603,23 @@ mod tests {
                 Bound::Before,
                 "2026-01-01T00:00:00.000001Z",
             ),
+            // With an offset, and before 1970 (chrono's fraction is never
+            // negative, so cutting it goes down there too).
+            (
+                "created_at < \"2026-01-01T02:00:00.0000005+02:00\"",
+                Bound::Before,
+                "2026-01-01T00:00:00.000001Z",
+            ),
+            (
+                "created_at < \"1969-12-31T23:59:59.9999995Z\"",
+                Bound::Before,
+                "1970-01-01T00:00:00Z",
+            ),
+            (
+                "created_at > \"1969-12-31T23:59:59.9999995Z\"",
+                Bound::After,
+                "1969-12-31T23:59:59.999999Z",
+            ),
             // Whole microseconds stay as they are.
             (
                 "updated_at < \"2026-01-01T00:00:00.000007Z\"",
@@ -611,6 +638,30 @@ mod tests {
                 panic!("{raw}: {parsed:?}");
             };
             assert_eq!((b, t), (bound, at(expected)), "{raw}");
+        }
+    }
+
+    #[test]
+    fn time_bounds_outside_the_years_kept_are_refused() {
+        for raw in [
+            // Rounded up, or moved by its offset, past 9999-12-31 UTC.
+            "created_at < \"9999-12-31T23:59:59.9999995Z\"",
+            "updated_at > \"9999-12-31T23:30:00-01:00\"",
+            "created_at > \"0000-12-31T23:59:59Z\"",
+            "created_at < \"0001-01-01T00:30:00+01:00\"",
+        ] {
+            let error = Filter::parse(raw).unwrap_err();
+            assert!(
+                error.contains("character 14")
+                    && error.contains("outside 0001-01-01 to 9999-12-31"),
+                "{raw}: {error}"
+            );
+        }
+        for raw in [
+            "created_at < \"9999-12-31T23:59:59.999999Z\"",
+            "created_at > \"0001-01-01T00:00:00Z\"",
+        ] {
+            assert!(Filter::parse(raw).is_ok(), "{raw}");
         }
     }
 

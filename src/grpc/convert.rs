@@ -14,7 +14,7 @@ use crate::domain::{
     fields::{check_attribute, check_subject, normalize_spam_score, normalize_tags},
     list::{self, Cursor, Filter, Order, PageToken},
     patch::ImmutableChecks,
-    time::truncate_to_micros,
+    time::{MAX_SECONDS, MIN_SECONDS, truncate_to_micros},
     violation::excerpt,
 };
 use crate::error::Error;
@@ -163,10 +163,6 @@ fn read_fields(msg: &pb::Conversation) -> (ConversationFields, Vec<FieldProblem>
 fn uuid(raw: &str) -> Result<Uuid, String> {
     Uuid::try_parse(raw).map_err(|_| format!("`{}` is not a UUID", excerpt(raw)))
 }
-
-/// The range protobuf allows a Timestamp: 0001-01-01 to 9999-12-31.
-const MIN_SECONDS: i64 = -62_135_596_800;
-const MAX_SECONDS: i64 = 253_402_300_799;
 
 fn timestamp(ts: &Timestamp) -> Result<DateTime<Utc>, String> {
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {

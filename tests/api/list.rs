@@ -419,12 +419,13 @@ async fn every_violation_of_a_list_request_is_listed() {
 #[tokio::test]
 async fn an_oversized_filter_is_refused_briefly() {
     let app = TestApp::spawn().await;
+    let created = app.create_email().await;
     let terms = vec!["is_spam = false"; 1_001].join(" AND ");
-    let long_field = format!("{} = 1", "a".repeat(20_000));
+    let no_operator = "a".repeat(20_000);
     let no_value = format!("{} =", "a".repeat(20_000));
     for (filter, fragment) in [
         (terms.as_str(), "more than 50 terms"),
-        (long_field.as_str(), "cannot be filtered on"),
+        (no_operator.as_str(), "expected an operator"),
         (no_value.as_str(), "expected a value"),
     ] {
         let status = list(&app, &app.a.token, 0, "", filter, "")
@@ -435,7 +436,7 @@ async fn an_oversized_filter_is_refused_briefly() {
         assert!(description.len() < 300, "{} bytes", description.len());
     }
     let fifty = vec!["is_spam = false"; 50].join(" AND ");
-    assert_eq!(all_pages(&app, 10, &fifty, "").await.len(), 0);
+    assert_eq!(all_pages(&app, 10, &fifty, "").await, [created.id]);
 }
 
 /// Times are stored to the microsecond; a bound with a finer fraction

@@ -139,32 +139,43 @@ async fn a_last_statement_after_a_failed_one_does_not_commit() {
 /// The columns of each index on `conversations`, in order, comma-joined.
 async fn conversation_indexes(app: &TestApp) -> Vec<String> {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    use std::collections::BTreeMap;
 
     let backend = app.db.get_database_backend();
+    // One row per indexed column: the index, the column's place, its name.
     let sql = match backend {
         DbBackend::Postgres => {
-            "SELECT string_agg(a.attname, ',' ORDER BY k.n) AS columns \
+            "SELECT x.indexrelid::regclass::text AS idx, k.n::bigint AS seqno, \
+                    a.attname::text AS name \
              FROM pg_index x \
              JOIN pg_class t ON t.oid = x.indrelid \
              CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
-             WHERE t.relname = 'conversations' AND pg_table_is_visible(t.oid) \
-             GROUP BY x.indexrelid"
+             WHERE t.relname = 'conversations' AND pg_table_is_visible(t.oid)"
         }
         _ => {
-            "SELECT group_concat(name, ',') AS columns FROM ( \
-               SELECT l.name AS idx, i.name AS name \
-               FROM pragma_index_list('conversations') AS l, pragma_index_info(l.name) AS i \
-               ORDER BY l.name, i.seqno) \
-             GROUP BY idx"
+            "SELECT l.name AS idx, i.seqno AS seqno, i.name AS name \
+             FROM pragma_index_list('conversations') AS l, pragma_index_info(l.name) AS i"
         }
     };
-    app.db
+    let mut indexes: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+    for row in app
+        .db
         .query_all_raw(Statement::from_string(backend, sql))
         .await
         .unwrap()
-        .iter()
-        .map(|row| row.try_get::<String>("", "columns").unwrap())
+    {
+        indexes
+            .entry(row.try_get("", "idx").unwrap())
+            .or_default()
+            .insert(
+                row.try_get("", "seqno").unwrap(),
+                row.try_get("", "name").unwrap(),
+            );
+    }
+    indexes
+        .into_values()
+        .map(|columns| columns.into_values().collect::<Vec<_>>().join(","))
         .collect()
 }
 
