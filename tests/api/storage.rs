@@ -207,3 +207,35 @@ async fn every_order_and_filtered_column_has_a_workspace_index() {
         );
     }
 }
+
+/// The channel and is_spam indexes may be built before the upgrade (the
+/// README's CONCURRENTLY step for a large table): their migration then
+/// finds them and completes.
+#[tokio::test]
+async fn the_filter_index_migration_keeps_an_index_built_beforehand() {
+    use conversation_service::db::migration::Migrator;
+    use sea_orm::{ConnectionTrait, Database};
+    use sea_orm_migration::MigratorTrait;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut url = fresh_database_url(&dir).await;
+    if url.starts_with("sqlite:") {
+        url.push_str("?mode=rwc");
+    }
+    let conn = Database::connect(url.as_str()).await.unwrap();
+    Migrator::up(&conn, Some(2)).await.unwrap();
+    conn.execute_unprepared(
+        "CREATE INDEX conversations_workspace_channel_idx \
+         ON conversations (workspace_id, channel, created_at, id)",
+    )
+    .await
+    .unwrap();
+    Migrator::up(&conn, None).await.unwrap();
+    assert!(
+        Migrator::get_pending_migrations(&conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    conn.close().await.unwrap();
+}
