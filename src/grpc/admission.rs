@@ -12,6 +12,9 @@
 //!   which would answer CANCELLED.
 //! - **Shutdown.** Once shutdown has begun, a call that still arrives on an
 //!   open connection is refused with UNAVAILABLE (reason `SHUTTING_DOWN`).
+//! - **Panics.** A call whose handler panics is answered INTERNAL (reason
+//!   `INTERNAL`) and logged, rather than its stream being reset with no
+//!   status; the other calls on the connection go on either way.
 //! - **ErrorInfo on every error.** tonic answers some calls itself (unknown
 //!   method, message over the size limit, deadline passed) with a bare
 //!   status; those get an ErrorInfo too, so every error carries a reason.
@@ -27,6 +30,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status, body::Body, codegen::http};
 use tower::{Layer, Service};
@@ -127,8 +131,16 @@ where
         };
         Box::pin(async move {
             let _permit = permit;
-            match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(result) => result.map(with_error_info),
+            // Nothing the handler shares outlives the call but the database
+            // pools, whose connections a dropped call already abandons.
+            let call = std::panic::AssertUnwindSafe(inner.call(request)).catch_unwind();
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(result)) => result.map(with_error_info),
+                Ok(Err(panic)) => Ok(Status::from(Error::Internal(format!(
+                    "the handler panicked: {}",
+                    panic_message(panic.as_ref())
+                )))
+                .into_http()),
                 Err(_) => {
                     tracing::warn!(?timeout, reason = ?expired, "call ran past its deadline");
                     Ok(rejection_response(expired))
@@ -136,6 +148,15 @@ where
             }
         })
     }
+}
+
+/// What a panic said, when it said it with a string.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// The caller's deadline, from `grpc-timeout`: up to 8 digits and a unit
@@ -225,6 +246,45 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(caller_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_internal_and_the_service_goes_on() {
+        let handler = tower::service_fn(|request: http::Request<Body>| async move {
+            if request.uri().path().ends_with("/Panic") {
+                panic!("boom");
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+        });
+        let mut service = AdmissionLayer(Admission::new(4, Duration::from_secs(5))).layer(handler);
+        let call = |path: &str| {
+            http::Request::builder()
+                .uri(format!(
+                    "http://localhost/helpdesk.v1.ConversationService{path}"
+                ))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let response = service.call(call("/Panic")).await.unwrap();
+        let status = Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(
+            status.message(),
+            "internal error",
+            "the panic stays in the log"
+        );
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "INTERNAL"
+        );
+        let after = service.call(call("/Get")).await.unwrap();
+        assert_eq!(after.status(), http::StatusCode::OK);
+        assert!(Status::from_header_map(after.headers()).is_none());
+        assert_eq!(
+            service.admission.permits.available_permits(),
+            4,
+            "the panicked call gave its permit back"
+        );
     }
 
     #[test]
