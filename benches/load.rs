@@ -119,9 +119,10 @@ async fn main() {
         rows: env_or("BENCH_ROWS", 1),
     };
 
-    let cpu_before = cpu_ticks();
-    let deadline = Instant::now() + Duration::from_millis(millis);
-    let mut tasks = Vec::new();
+    // Each caller's setup comes before the clock starts: on a server just
+    // started, connecting and a first call can take longer than a short
+    // run (statement capture runs 200 ms per operation).
+    let mut callers = Vec::new();
     for caller in 0..concurrency {
         // One connection per caller, as independent clients would have.
         let channel = Channel::from_shared(format!("http://{addr}"))
@@ -129,26 +130,33 @@ async fn main() {
             .connect()
             .await
             .unwrap();
+        // Update: each caller owns one seeded conversation and carries its etag.
+        let own = seeded_id(caller as u64 + 1);
+        let mut etag = String::new();
+        if op == "update" && max_calls == u64::MAX {
+            let request = pb::GetConversationRequest { id: own.clone() };
+            etag = ConversationServiceClient::new(channel.clone())
+                .get_conversation(authed(&setup.token, request))
+                .await
+                .unwrap()
+                .into_inner()
+                .conversation
+                .unwrap()
+                .etag;
+        }
+        callers.push((caller, channel, own, etag));
+    }
+
+    let cpu_before = cpu_ticks();
+    let deadline = Instant::now() + Duration::from_millis(millis);
+    let mut tasks = Vec::new();
+    for (caller, channel, own, mut etag) in callers {
         let (setup, op) = (setup.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let mut health = HealthClient::new(channel.clone());
             let mut client = ConversationServiceClient::new(channel);
             let mut rng = StdRng::seed_from_u64(caller as u64);
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
-            // Update: each caller owns one seeded conversation and carries its etag.
-            let own = seeded_id(caller as u64 + 1);
-            let mut etag = String::new();
-            if op == "update" && max_calls == u64::MAX {
-                let request = pb::GetConversationRequest { id: own.clone() };
-                etag = client
-                    .get_conversation(authed(&setup.token, request))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .conversation
-                    .unwrap()
-                    .etag;
-            }
             let mut n = 0u64;
             while Instant::now() < deadline && n < max_calls {
                 n += 1;
