@@ -94,6 +94,18 @@ async fn bulk(app: &TestApp, n: usize, same_time: bool) -> Vec<Uuid> {
     ids
 }
 
+/// Changes a conversation's subject through the API, which moves it in the
+/// `updated_at` orders.
+async fn set_subject(app: &TestApp, id: &str, subject: String) {
+    let sent = pb::Conversation {
+        subject: Some(subject),
+        ..with_id(id)
+    };
+    app.update(&app.a.token, sent, Some(&["subject"]))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn pages_are_full_but_the_last_and_only_the_last_has_no_token() {
     let app = TestApp::spawn().await;
@@ -138,14 +150,20 @@ async fn page_size_is_capped_at_a_thousand_and_negative_is_refused() {
     assert_bad_request(&status, "page_size");
 }
 
-fn assert_bad_request(status: &Status, field: &str) -> String {
+/// The field violations of an INVALID_ARGUMENT status.
+fn violations(status: &Status) -> Vec<tonic_types::FieldViolation> {
     use tonic_types::StatusExt;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_error_details();
-    let violations = &details
+    status
+        .get_error_details()
         .bad_request()
         .expect("a BadRequest")
-        .field_violations;
+        .field_violations
+        .clone()
+}
+
+fn assert_bad_request(status: &Status, field: &str) -> String {
+    let violations = violations(status);
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].field, field);
     violations[0].description.clone()
@@ -392,16 +410,9 @@ async fn a_bad_filter_says_where_it_broke() {
 /// a page token is checked once the filter and order it is bound to parse.
 #[tokio::test]
 async fn every_violation_of_a_list_request_is_listed() {
-    use tonic_types::StatusExt;
     let app = TestApp::spawn().await;
     let fields = |status: Status| -> Vec<String> {
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        let details = status.get_error_details();
-        let violations = &details
-            .bad_request()
-            .expect("a BadRequest")
-            .field_violations;
-        violations.iter().map(|v| v.field.clone()).collect()
+        violations(&status).into_iter().map(|v| v.field).collect()
     };
     let status = list(&app, &app.a.token, -1, "garbage!", "status ~ x", "id")
         .await
@@ -544,13 +555,7 @@ async fn paging_under_concurrent_inserts_and_updates() {
                 for (i, id) in victims.iter().enumerate() {
                     app.create(&app.a.token, email(&app.a)).await.unwrap();
                     if !order.starts_with("updated_at") {
-                        let sent = pb::Conversation {
-                            subject: Some(format!("u{i}")),
-                            ..with_id(id)
-                        };
-                        app.update(&app.a.token, sent, Some(&["subject"]))
-                            .await
-                            .unwrap();
+                        set_subject(&app, id, format!("u{i}")).await;
                     }
                 }
             })
@@ -600,13 +605,7 @@ async fn an_updated_at_pass_lists_conversations_as_of_its_first_page() {
     let listed: Vec<&str> = first.conversations.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(listed, [&ids[0], &ids[1]]);
     for (i, id) in [&ids[0], &ids[4]].into_iter().enumerate() {
-        let sent = pb::Conversation {
-            subject: Some(format!("moved {i}")),
-            ..with_id(id)
-        };
-        app.update(&app.a.token, sent, Some(&["subject"]))
-            .await
-            .unwrap();
+        set_subject(&app, id, format!("moved {i}")).await;
     }
     let (mut rest, mut token) = (Vec::new(), first.next_page_token);
     while !token.is_empty() {
