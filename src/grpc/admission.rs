@@ -133,7 +133,10 @@ where
             let _permit = permit;
             // Nothing the handler shares outlives the call but the database
             // pools, whose connections a dropped call already abandons.
-            let call = std::panic::AssertUnwindSafe(inner.call(request)).catch_unwind();
+            // `call` itself may panic before it returns a future, so it
+            // runs inside the guarded one.
+            let call = std::panic::AssertUnwindSafe(async move { inner.call(request).await })
+                .catch_unwind();
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(result)) => result.map(with_error_info),
                 Ok(Err(panic)) => Ok(Status::from(Error::Internal(format!(
@@ -250,11 +253,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_handler_that_panics_answers_internal_and_the_service_goes_on() {
-        let handler = tower::service_fn(|request: http::Request<Body>| async move {
-            if request.uri().path().ends_with("/Panic") {
-                panic!("boom");
+        let handler = tower::service_fn(|request: http::Request<Body>| {
+            // A panic in `call` itself, before there is a future to poll.
+            if request.uri().path().ends_with("/PanicEarly") {
+                panic!("boom before the future");
             }
-            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            async move {
+                if request.uri().path().ends_with("/Panic") {
+                    panic!("boom");
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
         });
         let mut service = AdmissionLayer(Admission::new(4, Duration::from_secs(5))).layer(handler);
         let call = |path: &str| {
@@ -265,18 +274,20 @@ mod tests {
                 .body(Body::empty())
                 .unwrap()
         };
-        let response = service.call(call("/Panic")).await.unwrap();
-        let status = Status::from_header_map(response.headers()).expect("a gRPC status");
-        assert_eq!(status.code(), Code::Internal);
-        assert_eq!(
-            status.message(),
-            "internal error",
-            "the panic stays in the log"
-        );
-        assert_eq!(
-            status.get_error_details().error_info().unwrap().reason,
-            "INTERNAL"
-        );
+        for path in ["/Panic", "/PanicEarly"] {
+            let response = service.call(call(path)).await.unwrap();
+            let status = Status::from_header_map(response.headers()).expect("a gRPC status");
+            assert_eq!(status.code(), Code::Internal, "{path}");
+            assert_eq!(
+                status.message(),
+                "internal error",
+                "the panic stays in the log"
+            );
+            assert_eq!(
+                status.get_error_details().error_info().unwrap().reason,
+                "INTERNAL"
+            );
+        }
         let after = service.call(call("/Get")).await.unwrap();
         assert_eq!(after.status(), http::StatusCode::OK);
         assert!(Status::from_header_map(after.headers()).is_none());
