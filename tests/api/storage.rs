@@ -208,34 +208,123 @@ async fn every_order_and_filtered_column_has_a_workspace_index() {
     }
 }
 
-/// The channel and is_spam indexes may be built before the upgrade (the
-/// README's CONCURRENTLY step for a large table): their migration then
-/// finds them and completes.
-#[tokio::test]
-async fn the_filter_index_migration_keeps_an_index_built_beforehand() {
+/// A database migrated up to the list indexes, one step short of the
+/// channel and is_spam indexes.
+async fn before_the_filter_index_migration(
+    dir: &tempfile::TempDir,
+) -> (String, sea_orm::DatabaseConnection) {
     use conversation_service::db::migration::Migrator;
-    use sea_orm::{ConnectionTrait, Database};
+    use sea_orm::Database;
     use sea_orm_migration::MigratorTrait;
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut url = fresh_database_url(&dir).await;
+    let mut url = fresh_database_url(dir).await;
     if url.starts_with("sqlite:") {
         url.push_str("?mode=rwc");
     }
     let conn = Database::connect(url.as_str()).await.unwrap();
     Migrator::up(&conn, Some(2)).await.unwrap();
+    (url, conn)
+}
+
+const CHANNEL_INDEX: &str = "CREATE INDEX conversations_workspace_channel_idx \
+     ON conversations (workspace_id, channel, created_at, id)";
+
+/// Runs the remaining migrations and returns the refusal's message, if any,
+/// after checking that a refused migration is still pending.
+async fn finish_migrating(conn: &sea_orm::DatabaseConnection) -> Option<String> {
+    use conversation_service::db::migration::Migrator;
+    use sea_orm_migration::MigratorTrait;
+
+    let result = Migrator::up(conn, None).await;
+    let pending = Migrator::get_pending_migrations(conn).await.unwrap();
+    match result {
+        Ok(()) => {
+            assert!(pending.is_empty());
+            None
+        }
+        Err(error) => {
+            assert_eq!(pending.len(), 1, "the refused migration is still pending");
+            Some(error.to_string())
+        }
+    }
+}
+
+/// The channel and is_spam indexes may be built before the upgrade (the
+/// README's CONCURRENTLY step for a large table): their migration then
+/// finds them and completes.
+#[tokio::test]
+async fn the_filter_index_migration_keeps_an_index_built_beforehand() {
+    use sea_orm::ConnectionTrait;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_, conn) = before_the_filter_index_migration(&dir).await;
+    conn.execute_unprepared(CHANNEL_INDEX).await.unwrap();
+    assert_eq!(finish_migrating(&conn).await, None);
+    conn.close().await.unwrap();
+}
+
+/// An index with the right name on other columns is not taken for the one
+/// the migration builds: List would scan without it. The migration stops
+/// and says what to drop.
+#[tokio::test]
+async fn the_filter_index_migration_refuses_an_index_on_other_columns() {
+    use sea_orm::ConnectionTrait;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_, conn) = before_the_filter_index_migration(&dir).await;
     conn.execute_unprepared(
         "CREATE INDEX conversations_workspace_channel_idx \
-         ON conversations (workspace_id, channel, created_at, id)",
+         ON conversations (workspace_id, channel)",
     )
     .await
     .unwrap();
-    Migrator::up(&conn, None).await.unwrap();
+    let refusal = finish_migrating(&conn).await.expect("refused");
     assert!(
-        Migrator::get_pending_migrations(&conn)
-            .await
-            .unwrap()
-            .is_empty()
+        refusal.contains("conversations_workspace_channel_idx") && refusal.contains("DROP INDEX"),
+        "{refusal}"
+    );
+    conn.close().await.unwrap();
+}
+
+/// A CREATE INDEX CONCURRENTLY that was interrupted leaves an invalid index
+/// that PostgreSQL keeps up to date but never reads. The migration does not
+/// take it for a built one. PostgreSQL only: SQLite has no such state.
+#[tokio::test]
+async fn the_filter_index_migration_refuses_an_invalid_index() {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, TransactionTrait};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (url, conn) = before_the_filter_index_migration(&dir).await;
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    // A concurrent build waits for every transaction that may write the
+    // table; cut short while it waits, it leaves the index invalid.
+    let writer = conn.begin().await.unwrap();
+    writer
+        .execute_unprepared("LOCK TABLE conversations IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let builder = Database::connect(
+        ConnectOptions::new(url.as_str())
+            .max_connections(1)
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    builder
+        .execute_unprepared("SET statement_timeout = '300ms'")
+        .await
+        .unwrap();
+    let concurrently = CHANNEL_INDEX.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY");
+    assert!(builder.execute_unprepared(&concurrently).await.is_err());
+    builder.close().await.unwrap();
+    writer.rollback().await.unwrap();
+
+    let refusal = finish_migrating(&conn).await.expect("refused");
+    assert!(
+        refusal.contains("conversations_workspace_channel_idx") && refusal.contains("invalid"),
+        "{refusal}"
     );
     conn.close().await.unwrap();
 }
