@@ -263,26 +263,54 @@ async fn the_filter_index_migration_keeps_an_index_built_beforehand() {
     conn.close().await.unwrap();
 }
 
-/// An index with the right name on other columns is not taken for the one
-/// the migration builds: List would scan without it. The migration stops
-/// and says what to drop.
+/// An index with the right name but another definition is not taken for
+/// the one the migration builds: List would scan without it, or could not
+/// read its order from it. The migration stops and says what it found.
 #[tokio::test]
-async fn the_filter_index_migration_refuses_an_index_on_other_columns() {
+async fn the_filter_index_migration_refuses_an_index_defined_otherwise() {
     use sea_orm::ConnectionTrait;
 
     let dir = tempfile::tempdir().unwrap();
     let (_, conn) = before_the_filter_index_migration(&dir).await;
     conn.execute_unprepared(
-        "CREATE INDEX conversations_workspace_channel_idx \
-         ON conversations (workspace_id, channel)",
+        "CREATE TABLE decoy (workspace_id TEXT, channel TEXT, created_at TEXT, id TEXT)",
     )
     .await
     .unwrap();
-    let refusal = finish_migrating(&conn).await.expect("refused");
-    assert!(
-        refusal.contains("conversations_workspace_channel_idx") && refusal.contains("DROP INDEX"),
-        "{refusal}"
-    );
+    for (on, found) in [
+        (
+            "conversations (workspace_id, channel)",
+            "(workspace_id, channel), not",
+        ),
+        (
+            "conversations (workspace_id, channel DESC, created_at, id)",
+            "channel DESC",
+        ),
+        (
+            "conversations (workspace_id, channel, created_at, id) WHERE is_spam",
+            "WHERE",
+        ),
+        (
+            "decoy (workspace_id, channel, created_at, id)",
+            "is on table decoy",
+        ),
+    ] {
+        conn.execute_unprepared(&format!(
+            "CREATE INDEX conversations_workspace_channel_idx ON {on}"
+        ))
+        .await
+        .unwrap();
+        let refusal = finish_migrating(&conn).await.expect(on);
+        assert!(
+            refusal.contains("index conversations_workspace_channel_idx already exists")
+                && refusal.contains(found),
+            "{on}: {refusal}"
+        );
+        conn.execute_unprepared("DROP INDEX conversations_workspace_channel_idx")
+            .await
+            .unwrap();
+    }
+    assert_eq!(finish_migrating(&conn).await, None, "built once dropped");
     conn.close().await.unwrap();
 }
 
@@ -298,8 +326,9 @@ async fn the_filter_index_migration_refuses_an_invalid_index() {
     if conn.get_database_backend() != DbBackend::Postgres {
         return;
     }
-    // A concurrent build waits for every transaction that may write the
-    // table; cut short while it waits, it leaves the index invalid.
+    // A concurrent build enters the index in the catalog, then waits for
+    // every transaction that may write the table; a lock timeout in that
+    // wait leaves the entry behind, invalid.
     let writer = conn.begin().await.unwrap();
     writer
         .execute_unprepared("LOCK TABLE conversations IN ROW EXCLUSIVE MODE")
@@ -313,17 +342,31 @@ async fn the_filter_index_migration_refuses_an_invalid_index() {
     .await
     .unwrap();
     builder
-        .execute_unprepared("SET statement_timeout = '300ms'")
+        .execute_unprepared("SET lock_timeout = '300ms'")
         .await
         .unwrap();
     let concurrently = CHANNEL_INDEX.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY");
-    assert!(builder.execute_unprepared(&concurrently).await.is_err());
+    let cut_short = builder.execute_unprepared(&concurrently).await.unwrap_err();
+    assert!(
+        cut_short.to_string().contains("lock timeout"),
+        "{cut_short}"
+    );
     builder.close().await.unwrap();
     writer.rollback().await.unwrap();
+    let left = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT indisvalid FROM pg_index \
+             WHERE indexrelid = 'conversations_workspace_channel_idx'::regclass",
+        ))
+        .await
+        .unwrap()
+        .expect("the interrupted build left its index");
+    assert!(!left.try_get::<bool>("", "indisvalid").unwrap());
 
     let refusal = finish_migrating(&conn).await.expect("refused");
     assert!(
-        refusal.contains("conversations_workspace_channel_idx") && refusal.contains("invalid"),
+        refusal.contains("conversations_workspace_channel_idx") && refusal.contains("not ready"),
         "{refusal}"
     );
     conn.close().await.unwrap();

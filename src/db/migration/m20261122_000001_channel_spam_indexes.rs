@@ -12,10 +12,12 @@
 //! INDEX CONCURRENTLY` before upgrading (README, "Command line and
 //! configuration"). The migration reads the catalog rather than trusting
 //! `IF NOT EXISTS` (which still takes the table's lock, and accepts any
-//! index of that name): a valid index on the right columns is kept and
-//! nothing is locked; one left invalid by an interrupted concurrent build,
-//! or one on other columns, stops the migration with a message saying what
-//! to drop.
+//! index of that name): an index that is ready and defined exactly as this
+//! migration would build it is kept, and nothing is locked. One that is not
+//! ready (a concurrent build that failed, was cancelled or is still
+//! running), or is defined otherwise (other columns, order, collation,
+//! method, a WHERE, another table), stops the migration with a message
+//! saying what was found.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DbBackend, Statement};
@@ -39,27 +41,14 @@ enum Conversations {
 }
 
 /// An index of the wanted name as the catalog describes it.
-#[derive(Debug, PartialEq)]
 struct Existing {
     table: String,
     /// PostgreSQL's `indisvalid AND indisready`; SQLite has no other kind.
-    valid: bool,
-    partial: bool,
-    /// Key columns in order; `None` for an expression.
-    columns: Vec<Option<String>>,
-}
-
-impl Existing {
-    /// `table (a, b)`, as in CREATE INDEX, for a message.
-    fn shape(&self) -> String {
-        let columns: Vec<&str> = self
-            .columns
-            .iter()
-            .map(|c| c.as_deref().unwrap_or("<expression>"))
-            .collect();
-        let partial = if self.partial { " WHERE ..." } else { "" };
-        format!("on {} ({}){partial}", self.table, columns.join(", "))
-    }
+    ready: bool,
+    /// From `USING` on, as PostgreSQL's `pg_get_indexdef` writes it (`btree
+    /// (a, b DESC) WHERE ...`); SQLite's is written the same way from
+    /// `pragma_index_xinfo`.
+    definition: String,
 }
 
 async fn existing_index(
@@ -67,45 +56,75 @@ async fn existing_index(
     name: &str,
 ) -> Result<Option<Existing>, DbErr> {
     let backend = manager.get_database_backend();
-    // One row per key column, in order.
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT t.relname::text AS tbl, (x.indisvalid AND x.indisready) AS valid, \
-                    (x.indpred IS NOT NULL) AS partial, a.attname::text AS col \
-             FROM pg_class c \
-             JOIN pg_index x ON x.indexrelid = c.oid \
-             JOIN pg_class t ON t.oid = x.indrelid \
-             CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
-             LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
-             WHERE c.relname = $1 AND pg_table_is_visible(c.oid) AND k.n <= x.indnkeyatts \
-             ORDER BY k.n"
-        }
-        _ => {
-            "SELECT m.tbl_name AS tbl, true AS valid, \
-                    (SELECT l.\"partial\" FROM pragma_index_list(m.tbl_name) AS l \
-                     WHERE l.name = m.name) AS partial, i.name AS col \
-             FROM sqlite_master AS m, pragma_index_info(m.name) AS i \
-             WHERE m.type = 'index' AND m.name = ? \
-             ORDER BY i.seqno"
-        }
-    };
-    let rows = manager
-        .get_connection()
+    let connection = manager.get_connection();
+    if backend == DbBackend::Postgres {
+        // In the schema of the `conversations` the migration builds on,
+        // which is where CREATE INDEX puts an index.
+        let sql = "SELECT t.relname::text AS tbl, (x.indisvalid AND x.indisready) AS ready, \
+                          substring(pg_get_indexdef(c.oid) from ' USING (.*)$') AS definition \
+                   FROM pg_class c \
+                   JOIN pg_index x ON x.indexrelid = c.oid \
+                   JOIN pg_class t ON t.oid = x.indrelid \
+                   WHERE c.relname = $1 AND c.relnamespace = \
+                         (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('conversations'))";
+        let row = connection
+            .query_one_raw(Statement::from_sql_and_values(backend, sql, [name.into()]))
+            .await?;
+        return row
+            .map(|row| {
+                Ok(Existing {
+                    table: row.try_get("", "tbl")?,
+                    ready: row.try_get("", "ready")?,
+                    definition: row.try_get("", "definition")?,
+                })
+            })
+            .transpose();
+    }
+    // SQLite: one row per key column, in order.
+    let sql = "SELECT m.tbl_name AS tbl, i.name AS col, i.\"desc\" AS descending, \
+                      i.coll AS coll, \
+                      (SELECT l.\"partial\" FROM pragma_index_list(m.tbl_name) AS l \
+                       WHERE l.name = m.name) AS partial \
+               FROM sqlite_master AS m, pragma_index_xinfo(m.name) AS i \
+               WHERE m.type = 'index' AND m.name = ? AND i.key = 1 \
+               ORDER BY i.seqno";
+    let rows = connection
         .query_all_raw(Statement::from_sql_and_values(backend, sql, [name.into()]))
         .await?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let mut existing = Existing {
-        table: first.try_get("", "tbl")?,
-        valid: first.try_get("", "valid")?,
-        partial: first.try_get("", "partial")?,
-        columns: Vec::with_capacity(rows.len()),
-    };
+    let mut key = Vec::with_capacity(rows.len());
     for row in &rows {
-        existing.columns.push(row.try_get("", "col")?);
+        let column: Option<String> = row.try_get("", "col")?;
+        let mut column = column.unwrap_or_else(|| "<expression>".to_owned());
+        let collation: String = row.try_get("", "coll")?;
+        if !collation.eq_ignore_ascii_case("BINARY") {
+            column.push_str(&format!(" COLLATE {collation}"));
+        }
+        if row.try_get::<bool>("", "descending")? {
+            column.push_str(" DESC");
+        }
+        key.push(column);
     }
-    Ok(Some(existing))
+    let mut definition = format!("btree ({})", key.join(", "));
+    if first.try_get::<bool>("", "partial")? {
+        definition.push_str(" WHERE ...");
+    }
+    Ok(Some(Existing {
+        table: first.try_get("", "tbl")?,
+        ready: true,
+        definition,
+    }))
+}
+
+fn drop_advice(manager: &SchemaManager<'_>, name: &str) -> String {
+    match manager.get_database_backend() {
+        DbBackend::Postgres => {
+            format!("once no build of it is running, DROP INDEX CONCURRENTLY {name}")
+        }
+        _ => format!("DROP INDEX {name}"),
+    }
 }
 
 const INDEXES: [(&str, Conversations); 2] = [
@@ -120,39 +139,41 @@ const INDEXES: [(&str, Conversations); 2] = [
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for (name, column) in INDEXES {
-            let wanted = Existing {
-                table: Conversations::Table.to_string(),
-                valid: true,
-                partial: false,
-                columns: [
-                    Conversations::WorkspaceId,
-                    column,
-                    Conversations::CreatedAt,
-                    Conversations::Id,
-                ]
-                .iter()
-                .map(|c| Some(c.to_string()))
-                .collect(),
-            };
-            match existing_index(manager, name).await? {
-                None => {}
-                Some(found) if found == wanted => continue,
-                Some(found) => {
-                    let what = if found.valid {
-                        format!("is {}, not {}", found.shape(), wanted.shape())
-                    } else {
-                        "is invalid (an interrupted CREATE INDEX CONCURRENTLY)".to_owned()
-                    };
-                    let drop = match manager.get_database_backend() {
-                        DbBackend::Postgres => "DROP INDEX CONCURRENTLY",
-                        _ => "DROP INDEX",
-                    };
-                    return Err(DbErr::Migration(format!(
-                        "index {name} already exists but {what}; drop it \
-                         ({drop} {name}) and build it again, or let this \
-                         migration build it"
-                    )));
+            let table = Conversations::Table.to_string();
+            let key = [
+                Conversations::WorkspaceId,
+                column,
+                Conversations::CreatedAt,
+                Conversations::Id,
+            ]
+            .map(|c| c.to_string());
+            let wanted = format!("btree ({})", key.join(", "));
+            if let Some(found) = existing_index(manager, name).await? {
+                if found.ready && found.table == table && found.definition == wanted {
+                    continue;
                 }
+                let (what, remedy) = if found.table != table {
+                    (
+                        format!("is on table {}", found.table),
+                        "rename that index".to_owned(),
+                    )
+                } else if !found.ready {
+                    (
+                        "is not ready: a CREATE INDEX CONCURRENTLY that failed, was \
+                         cancelled, or is still running (pg_stat_progress_create_index)"
+                            .to_owned(),
+                        drop_advice(manager, name),
+                    )
+                } else {
+                    (
+                        format!("is {}, not {wanted}", found.definition),
+                        drop_advice(manager, name),
+                    )
+                };
+                return Err(DbErr::Migration(format!(
+                    "index {name} already exists but {what}; {remedy}, \
+                     then migrate again to build it"
+                )));
             }
             manager
                 .create_index(
