@@ -3,6 +3,10 @@
 //! - Logs go to stderr, as text or as JSON lines (`--log-format`), filtered
 //!   by `--log-filter`. The fields of the call's span, the request id among
 //!   them, are on every line logged during a call.
+//! - A panic is logged as an ERROR event in the same format, with its
+//!   message and place (and a backtrace when `RUST_BACKTRACE` asks for
+//!   one), in place of the default hook's unstructured line, which would
+//!   break a stream of JSON lines.
 //! - Spans are exported by OTLP over gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, configured by the
 //!   standard `OTEL_*` variables; with neither set, nothing is exported and
@@ -115,12 +119,89 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
         .with(export)
         .try_init()?;
     EXPORTING.store(traces.is_some(), Ordering::Relaxed);
+    std::panic::set_hook(Box::new(log_panic));
     Ok(Telemetry { traces })
+}
+
+/// The panic hook [`init`] installs. During a call the event carries the
+/// call's span, so its request id and method.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let location = info
+        .location()
+        .map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+        .then(|| backtrace.to_string());
+    tracing::error!(
+        panic.message = panic_message(info.payload()),
+        panic.location = location.as_deref().unwrap_or("unknown"),
+        panic.backtrace = backtrace,
+        "panicked"
+    );
+}
+
+/// What a panic said, when it said it with a string.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in the child process of `a_panic_is_one_json_log_line_with_its_place`.
+    const PANIC_CHILD: &str = "CONVERSATION_SERVICE_TEST_PANIC_CHILD";
+
+    /// The hook is process-wide, so the panic happens in a child process:
+    /// this test binary run again for this test alone, which sets up
+    /// logging as `main` does and panics.
+    #[test]
+    fn a_panic_is_one_json_log_line_with_its_place() {
+        if std::env::var_os(PANIC_CHILD).is_some() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let _telemetry = runtime
+                .block_on(async { init("info", LogFormat::Json) })
+                .unwrap();
+            let line = line!() + 1;
+            panic!("boom at line {line}");
+        }
+        let name = "telemetry::tests::a_panic_is_one_json_log_line_with_its_place";
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+            .env(PANIC_CHILD, "1")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .output()
+            .unwrap();
+        assert!(!child.status.success(), "the child panicked");
+        let stderr = String::from_utf8(child.stderr).unwrap();
+        assert!(
+            !stderr.contains("panicked at"),
+            "the default hook's line is not printed: {stderr}"
+        );
+        let events: Vec<serde_json::Value> = stderr
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter(|event: &serde_json::Value| event["fields"]["message"] == "panicked")
+            .collect();
+        assert_eq!(events.len(), 1, "{stderr}");
+        let fields = &events[0]["fields"];
+        assert_eq!(events[0]["level"], "ERROR");
+        let message = fields["panic.message"].as_str().unwrap();
+        let line = message.strip_prefix("boom at line ").unwrap();
+        assert_eq!(
+            fields["panic.location"],
+            format!("src/telemetry.rs:{line}:13"),
+            "{stderr}"
+        );
+    }
 
     #[test]
     fn export_only_when_an_endpoint_is_set() {

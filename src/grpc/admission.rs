@@ -141,7 +141,7 @@ where
                 Ok(Ok(result)) => result.map(with_error_info),
                 Ok(Err(panic)) => Ok(Status::from(Error::Internal(format!(
                     "the handler panicked: {}",
-                    panic_message(panic.as_ref())
+                    crate::telemetry::panic_message(panic.as_ref())
                 )))
                 .into_http()),
                 Err(_) => {
@@ -151,15 +151,6 @@ where
             }
         })
     }
-}
-
-/// What a panic said, when it said it with a string.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(not a string)")
 }
 
 /// The caller's deadline, from `grpc-timeout`: up to 8 digits and a unit
